@@ -1,0 +1,56 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each creates .venv, installs what
+# it needs (a CPU build of torch unless an NVIDIA driver is present), then runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+# The CPU wheel index keeps a laptop or CI install small; with an NVIDIA driver, take PyPI's
+# default (CUDA) build instead.
+ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+else
+TORCH_INDEX ?=
+endif
+PIP := $(BIN)/python -m pip
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test lint typecheck bench setup clean
+
+demo: $(VENV)/.installed-base
+	$(BIN)/python -m theory.demo
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check theory deep tests notebooks
+	$(BIN)/ruff format --check theory deep tests
+	$(BIN)/mypy theory deep
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check --fix theory deep tests notebooks
+	$(BIN)/ruff format theory deep tests
+
+bench: $(VENV)/.installed-base
+	$(BIN)/python -m theory.bench
+	$(BIN)/python -m deep.bench
+
+setup: $(VENV)/.installed-dev
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+	  $(PIP) install --retries 1 "torch==$(TORCH_VERSION)" \
+	    $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	touch $@
+
+$(VENV)/.installed-base: pyproject.toml $(VENV)/.torch
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
+	$(PIP) install -e ".[dev]"
+	touch $@ $(VENV)/.installed-base
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis runs

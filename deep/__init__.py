@@ -1,0 +1,1 @@
+"""Deep Conservative Q-Learning in PyTorch: datasets, networks, pure losses, agents, training."""

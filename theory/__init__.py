@@ -1,0 +1,1 @@
+"""Exact tabular theory of Conservative Q-Learning (numpy and scipy only)."""
