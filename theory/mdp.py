@@ -33,6 +33,8 @@ SPARSE_MIN_STATES = 500
 # Above this many states, a sparse system is solved with GMRES instead of a direct LU
 # factorisation (random sparse transition graphs fill in catastrophically under LU).
 DIRECT_MAX_STATES = 5000
+# random_mdp draws next-state subsets by an argsort of S*A*S uniforms up to this size.
+ARGSORT_MAX_ENTRIES = 4_000_000
 
 # A dense ndarray or any scipy.sparse matrix/array (scipy ships no precise stubs).
 Matrix: TypeAlias = Any
@@ -65,6 +67,11 @@ class TabularMDP:
             raise InvalidMDPError(f"R must have shape (S, A), got shape {R.shape}")
         S, A = R.shape
         if sp.issparse(self.P):
+            if self.P.ndim != 2:
+                raise InvalidMDPError(
+                    f"sparse P must be 2-D with shape (S*A, S) = ({S * A}, {S}), got shape "
+                    f"{self.P.shape}"
+                )
             P: Matrix = sp.csr_array(self.P, dtype=float)
             if P.shape != (S * A, S):
                 raise InvalidMDPError(
@@ -84,9 +91,12 @@ class TabularMDP:
             sums = P.sum(axis=2)
         bad_entry = ~np.isfinite(data) | (np.nan_to_num(data, nan=0.0) < 0)
         if bad_entry.any():
-            s, a = _pair_of_entry(P, bad_entry, A)
-            what = "a non-finite" if not np.all(np.isfinite(data)) else "a negative"
-            raise InvalidMDPError(f"P[{s}, {a}] has {what} probability")
+            s, a, s2, value = _first_bad_entry(P, bad_entry, A)
+            what = "negative" if np.isfinite(value) else "not finite"
+            raise InvalidMDPError(
+                f"P[{s}, {a}, {s2}] = {value} is {what}: transition probabilities must be "
+                "finite and >= 0"
+            )
         bad = np.abs(sums - 1.0) > PROB_ATOL
         if bad.any():
             s, a = _first_pair(bad)
@@ -135,13 +145,17 @@ class TabularMDP:
         return np.asarray(self.P_flat @ v).reshape(self.n_states, self.n_actions)
 
 
-def _pair_of_entry(P: Matrix, bad_entry: Any, A: int) -> tuple[int, int]:
-    """(s, a) of the first flagged entry of P (dense (S, A, S) or CSR (S*A, S)) without densifying."""
+def _first_bad_entry(P: Matrix, bad_entry: Any, A: int) -> tuple[int, int, int, float]:
+    """(s, a, s2, value) of the first flagged entry of P (dense (S, A, S) or CSR (S*A, S)).
+
+    ``bad_entry`` flags ``P`` itself when dense and ``P.data`` when sparse (never densified).
+    """
     if sp.issparse(P):
         idx = int(np.argmax(bad_entry))
         row = int(np.searchsorted(np.asarray(P.indptr), idx, side="right")) - 1
-        return row // A, row % A
-    return _first_pair(bad_entry.any(axis=-1))
+        return row // A, row % A, int(P.indices[idx]), float(P.data[idx])
+    s, a, s2 = (int(i) for i in np.argwhere(bad_entry)[0])
+    return s, a, s2, float(P[s, a, s2])
 
 
 def _first_pair(mask: np.ndarray) -> tuple[int, int]:
@@ -216,10 +230,16 @@ def solve_discounted(
     ``method``: "dense" (LAPACK), "direct" (sparse LU), "gmres" (Krylov, for large sparse
     systems), or "auto" (sparse when P is sparse or a large dense P has few non-zeros).
     """
+    if method not in ("auto", "dense", "direct", "gmres"):
+        raise ValueError(f"unknown method {method!r}; use auto, dense, direct or gmres")
     pi = validate_policy(pi, mdp.n_states, mdp.n_actions)
     r = np.asarray(r, dtype=float)
     if r.shape != mdp.R.shape:
         raise InvalidMDPError(f"reward must have shape {mdp.R.shape}, got {r.shape}")
+    if not np.all(np.isfinite(r)):
+        # An infinite penalty (e.g. mu/pi_beta_hat off the support) would turn into nan here.
+        s, a = _first_pair(~np.isfinite(r))
+        raise InvalidMDPError(f"reward[{s}, {a}] = {r[s, a]} is not finite")
     S = mdp.n_states
     r_pi = np.sum(pi * r, axis=1)
     if method == "auto":
@@ -237,10 +257,8 @@ def solve_discounted(
         M = sp.csc_array(sp.eye_array(S, format="csc") - mdp.gamma * P_pi_sparse)
         if method == "direct":
             v = np.asarray(spla.spsolve(M, r_pi), dtype=float)
-        elif method == "gmres":
-            v = _gmres(M, r_pi, mdp.gamma)
         else:
-            raise ValueError(f"unknown method {method!r}; use auto, dense, direct or gmres")
+            v = _gmres(M, r_pi, mdp.gamma)
     return r + mdp.gamma * mdp.expected_next(v)
 
 
@@ -327,6 +345,7 @@ def greedy_policy(q: np.ndarray) -> np.ndarray:
 
 
 def uniform_policy(n_states: int, n_actions: int) -> np.ndarray:
+    """``pi(a|s) = 1/A`` for every state; (S, A)."""
     return np.full((n_states, n_actions), 1.0 / n_actions)
 
 
@@ -366,11 +385,15 @@ def random_mdp(
             raise ValueError("sparse=True needs n_next (the number of next states per pair)")
         P = rng.dirichlet(np.full(S, concentration), size=(S, A))
         return TabularMDP(P, R, gamma)
+    if n_next < 1:
+        raise ValueError(f"n_next must be >= 1, got {n_next}")
     k = min(n_next, S)
     # k distinct next states per pair: argsort of uniforms gives a random subset for each row
-    # without a Python loop over S*A rows.
-    if S <= 4096:
-        cols = np.argsort(rng.random((S * A, S)), axis=1)[:, :k]
+    # without a Python loop over S*A rows. That costs S*A*S uniforms, so a large MDP with few
+    # next states per pair redraws duplicates instead (a row's k draws are all distinct with
+    # probability >= e^{-1/2} when k^2 <= S, so few redraws are needed).
+    if S * A * S <= ARGSORT_MAX_ENTRIES or k * k > S:
+        cols = _random_subsets(rng, S * A, S, k)
     else:
         cols = _distinct_columns(rng, S * A, S, k)
     probs = rng.dirichlet(np.full(k, concentration), size=S * A)
@@ -379,6 +402,18 @@ def random_mdp(
     if sparse:
         return TabularMDP(P_flat, R, gamma)
     return TabularMDP(P_flat.toarray().reshape(S, A, S), R, gamma)
+
+
+def _random_subsets(rng: np.random.Generator, n_rows: int, n_cols: int, k: int) -> np.ndarray:
+    # Row blocks bound the memory; Generator.random fills in order, so the draws are the same
+    # as one (n_rows, n_cols) call.
+    block = max(1, ARGSORT_MAX_ENTRIES // n_cols)
+    return np.concatenate(
+        [
+            np.argsort(rng.random((min(block, n_rows - i), n_cols)), axis=1)[:, :k]
+            for i in range(0, n_rows, block)
+        ]
+    )
 
 
 def _distinct_columns(rng: np.random.Generator, n_rows: int, n_cols: int, k: int) -> np.ndarray:
@@ -415,6 +450,8 @@ def chain_mdp(
     """
     if n_states < 2:
         raise ValueError(f"a chain needs at least 2 states, got {n_states}")
+    if not 0.0 <= slip <= 1.0:
+        raise ValueError(f"slip must be a probability in [0, 1], got {slip}")
     S = n_states
     P = np.zeros((S, 2, S))
     R = np.zeros((S, 2))
@@ -447,7 +484,14 @@ def gridworld(
     the agent in place. Acting in the goal pays 1 and in a pit pays -1; both then reset to the
     start (0, 0), so the chain is recurrent and every state keeps being visited.
     """
+    if height < 1 or width < 1:
+        raise ValueError(f"the grid needs height, width >= 1, got {height} x {width}")
+    if not 0.0 <= slip <= 1.0:
+        raise ValueError(f"slip must be a probability in [0, 1], got {slip}")
     goal = goal if goal is not None else (height - 1, width - 1)
+    for name, (r, c) in [("goal", goal), *(("pit", pit) for pit in pits)]:
+        if not (0 <= r < height and 0 <= c < width):
+            raise ValueError(f"{name} {(r, c)} is outside the {height} x {width} grid")
     S, A = height * width, len(GRID_MOVES)
     P = np.zeros((S, A, S))
     R = np.full((S, A), step_reward)
