@@ -28,6 +28,8 @@ from theory.mdp import InvalidMDPError, TabularMDP, validate_distribution, valid
 
 # Above this many entries of (S, A, S), T_hat is stored sparse (S*A, S).
 DENSE_MAX_ENTRIES = 4_000_000
+# Categorical sampling gathers at most this many probabilities at a time.
+SAMPLE_BLOCK_ENTRIES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,18 @@ class Transitions:
     n_actions: int
 
     def __post_init__(self) -> None:
+        for name, n in (("n_states", self.n_states), ("n_actions", self.n_actions)):
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise InvalidMDPError(f"{name} must be a positive integer, got {n!r}")
         s, a, r, s2 = (np.asarray(x) for x in (self.s, self.a, self.r, self.s2))
-        lengths = {"s": len(s), "a": len(a), "r": len(r), "s2": len(s2)}
+        arrays = {"s": s, "a": a, "r": r, "s2": s2}
+        for name, x in arrays.items():
+            if x.ndim != 1:
+                raise InvalidMDPError(f"{name} must be 1-D, got shape {x.shape}")
+            # Booleans, strings and objects are not indices or rewards (and would be misread).
+            if x.size and x.dtype.kind not in "iuf":
+                raise InvalidMDPError(f"{name} must be numeric, got dtype {x.dtype}")
+        lengths = {name: len(x) for name, x in arrays.items()}
         if len(set(lengths.values())) != 1:
             raise InvalidMDPError(f"transition arrays have unequal lengths: {lengths}")
         for name, x, n in (
@@ -54,18 +66,18 @@ class Transitions:
             ("a", a, self.n_actions),
             ("s2", s2, self.n_states),
         ):
-            if x.ndim != 1:
-                raise InvalidMDPError(f"{name} must be 1-D, got shape {x.shape}")
-            if x.size and not np.issubdtype(x.dtype, np.integer):
-                if not np.all(np.isfinite(x)) or np.any(x != np.round(x)):
-                    i = int(np.argmax(~np.isfinite(x) | (x != np.round(np.nan_to_num(x)))))
+            if x.size and x.dtype.kind == "f":
+                finite = np.isfinite(x)
+                bad_index = ~finite | (
+                    np.where(finite, x, 0.0) != np.round(np.where(finite, x, 0.0))
+                )
+                if bad_index.any():
+                    i = int(np.argmax(bad_index))
                     raise InvalidMDPError(f"row {i}: {name} = {x[i]} is not an integer index")
             bad = (x < 0) | (x >= n)
             if bad.any():
                 i = int(np.argmax(bad))
                 raise InvalidMDPError(f"row {i}: {name} = {x[i]} is outside [0, {n})")
-        if r.ndim != 1:
-            raise InvalidMDPError(f"r must be 1-D, got shape {r.shape}")
         bad_r = ~np.isfinite(r.astype(float))
         if bad_r.any():
             i = int(np.argmax(bad_r))
@@ -105,6 +117,8 @@ def sample_dataset(
     behavior = validate_policy(behavior, S, A, "behavior")
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
+    if not (np.isfinite(reward_noise) and reward_noise >= 0):
+        raise ValueError(f"reward_noise must be finite and >= 0, got {reward_noise}")
     if horizon is None:
         p_s = (
             np.full(S, 1.0 / S)
@@ -136,10 +150,26 @@ def sample_dataset(
 
 
 def _sample_rows(probs: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One categorical draw per row index, vectorised by inverse CDF; (K,) -> (K,)."""
-    cdf = np.cumsum(probs[rows], axis=1)
-    u = rng.random(len(rows))[:, None] * cdf[:, -1:]
-    return np.minimum((u >= cdf).sum(axis=1), probs.shape[1] - 1).astype(np.int64)
+    """One categorical draw per row index, vectorised by inverse CDF; (K,) -> (K,).
+
+    ``probs`` is (n_rows, n_outcomes); the K gathered rows are processed in blocks so that a
+    wide ``probs`` (e.g. dense P with thousands of states) never needs a (K, n_outcomes) copy.
+    """
+    u = rng.random(len(rows))
+    out = np.empty(len(rows), dtype=np.int64)
+    block = max(1, SAMPLE_BLOCK_ENTRIES // max(1, probs.shape[1]))
+    for i in range(0, len(rows), block):
+        out[i : i + block] = _inverse_cdf(probs[rows[i : i + block]], u[i : i + block])
+    return out
+
+
+def _inverse_cdf(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Index k with cdf[k-1] <= u * total < cdf[k] in each row of ``probs`` (K, n); (K,) -> (K,)."""
+    cdf = np.cumsum(probs, axis=1)
+    # Counting the cdf values <= u skips zero-probability outcomes; min() guards rounding at
+    # the top end.
+    k = (u[:, None] * cdf[:, -1:] >= cdf).sum(axis=1)
+    return np.minimum(k, probs.shape[1] - 1).astype(np.int64)
 
 
 def _sample_next(
@@ -149,13 +179,15 @@ def _sample_next(
     if not mdp.is_sparse:
         return _sample_rows(np.asarray(mdp.P_flat), rows, rng)
     P = sp.csr_array(mdp.P_flat)
-    out = np.empty(len(rows), dtype=np.int64)
     u = rng.random(len(rows))
-    for i, (row, ui) in enumerate(zip(rows, u, strict=True)):
-        lo, hi = P.indptr[row], P.indptr[row + 1]
-        cdf = np.cumsum(P.data[lo:hi])
-        k = min(int(np.searchsorted(cdf, ui * cdf[-1], side="right")), hi - lo - 1)
-        out[i] = P.indices[lo + k]
+    out = np.empty(len(rows), dtype=np.int64)
+    starts = P.indptr[rows]
+    lengths = P.indptr[rows + 1] - starts
+    # Rows with the same number of stored entries form a (K, k) block of probabilities.
+    for k in np.unique(lengths):
+        sel = np.flatnonzero(lengths == k)
+        entries = starts[sel, None] + np.arange(k)
+        out[sel] = P.indices[entries[np.arange(len(sel)), _inverse_cdf(P.data[entries], u[sel])]]
     return out
 
 
@@ -234,6 +266,8 @@ class EmpiricalMDP:
         seen_states = state_counts > 0
         if r_max is None:
             r_max = float(np.max(np.abs(data.r))) if len(data) else 1.0
+        elif not (np.isfinite(r_max) and r_max >= 0):
+            raise InvalidMDPError(f"r_max must be finite and >= 0, got {r_max}")
         if unseen_reward is None:
             unseen_reward = -r_max
         # Duplicate (row, col) entries are summed by the COO -> CSR conversion: that is the count.
