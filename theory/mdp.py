@@ -243,7 +243,7 @@ def solve_discounted(
     S = mdp.n_states
     r_pi = np.sum(pi * r, axis=1)
     if method == "auto":
-        method = _choose_method(mdp)
+        method = auto_method(mdp)
     if method == "dense":
         P_pi = policy_transition(mdp, pi)
         P_pi = P_pi.toarray() if sp.issparse(P_pi) else P_pi
@@ -262,7 +262,13 @@ def solve_discounted(
     return r + mdp.gamma * mdp.expected_next(v)
 
 
-def _choose_method(mdp: TabularMDP) -> SolveMethod:
+def auto_method(mdp: TabularMDP) -> SolveMethod:
+    """The solve method ``method="auto"`` uses for this MDP.
+
+    "dense" for small or dense MDPs; for sparse storage (or a dense P with at most
+    ``SPARSE_DENSITY`` non-zeros and at least ``SPARSE_MIN_STATES`` states): "direct" up to
+    ``DIRECT_MAX_STATES`` states, "gmres" above.
+    """
     S = mdp.n_states
     if mdp.is_sparse:
         return "direct" if S <= DIRECT_MAX_STATES else "gmres"
