@@ -1,0 +1,742 @@
+"""Conservative Q-Learning in the table: CQL(1), CQL(2), CQL(H) and the tabular control loop.
+
+CQL paper: Kumar, Zhou, Tucker, Levine, "Conservative Q-Learning for Offline Reinforcement
+Learning", arXiv 2006.04779. Everything here is computed in the *empirical* MDP of a dataset D
+(:class:`theory.data.EmpiricalMDP`): T_hat, r_hat, pi_beta_hat from counts, and the empirical
+backup ``B_hat^pi Q = r_hat + gamma T_hat (pi . Q)``.
+
+Weights. ``N = |D|``, ``d(s) = n(s)/N`` (the "s ~ D" distribution) and ``n(s, a)/N`` (the
+"s, a ~ D" distribution). Every objective below is the paper's expectation written with these
+weights, so it is separable over pairs and its minimiser is available in closed form.
+
+Shapes: ``q``, ``pi``, ``mu``, ``penalty`` are (S, A); ``v`` is (S,); iterates stack on a leading
+axis.
+
+What D does not cover (the convention of :mod:`theory.data`, reused here):
+
+* a state never seen in D (``n(s) = 0``) has no data term in any objective: no penalty, its
+  Q is the empirical MDP's (pessimistic, absorbing) backup;
+* a pair never seen at a state that *is* in D (``n(s, a) = 0``): CQL(1)/(2) require
+  ``mu(a|s) = 0`` there (else the objective is unbounded below: ``mu/pi_beta_hat`` is infinite)
+  and then the objective does not depend on Q(s, a); we give it the empirical backup, penalty 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from theory.data import EmpiricalMDP
+from theory.mdp import (
+    InvalidMDPError,
+    Matrix,
+    TabularMDP,
+    bellman,
+    greedy_policy,
+    policy_evaluation,
+    solve_discounted,
+    state_values,
+    validate_policy,
+)
+
+Variant = Literal["cql1", "cql2"]
+Improvement = Literal["greedy", "soft"]
+
+# Newton on the CQL(H) stationarity equation builds its (S*A, S*A) Jacobian densely up to this
+# many pairs, and as a sparse matrix (sparse LU) above.
+DENSE_MAX_PAIRS = 2000
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def _check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not np.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0 (it weighs a penalty), got {alpha}")
+    return alpha
+
+
+def _check_temperature(temperature: float, name: str = "temperature") -> float:
+    temperature = float(temperature)
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature}")
+    return temperature
+
+
+def _check_table(x: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    if x.shape != shape:
+        raise InvalidMDPError(f"{name} must have shape {shape}, got {x.shape}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InvalidMDPError(f"{name}{list(idx)} = {x[idx]} is not finite")
+    return x
+
+
+def _check_n_iters(n_iters: int) -> int:
+    if int(n_iters) != n_iters or n_iters < 0:
+        raise ValueError(f"n_iters must be a non-negative integer, got {n_iters}")
+    return int(n_iters)
+
+
+# --- CQL(1) and CQL(2): penalty, closed form, iteration ------------------------------------
+
+
+def cql_penalty(emp: EmpiricalMDP, mu: np.ndarray, variant: Variant = "cql1") -> np.ndarray:
+    """The per-pair CQL penalty that the fixed point subtracts (times alpha) from r_hat.
+
+    * CQL(1), Eq. 1: ``mu(a|s) / pi_beta_hat(a|s)``
+    * CQL(2), Eq. 2: ``mu(a|s) / pi_beta_hat(a|s) - 1``
+
+    on pairs seen in D; **zero** on pairs with ``n(s, a) = 0`` (including every pair of a state
+    not in D): the objective has no data term there (see the module docstring).
+
+    Raises :class:`InvalidMDPError` when mu puts mass on an action D never took at a state of D
+    (``emp.check_support``), naming the pair. Shapes: mu (S, A) -> (S, A).
+    """
+    mu = emp.check_support(mu, "mu")
+    if variant not in ("cql1", "cql2"):
+        raise ValueError(f"variant must be 'cql1' or 'cql2', got {variant!r}")
+    ratio = np.divide(mu, emp.pi_beta, out=np.zeros_like(mu), where=emp.seen)
+    if variant == "cql2":
+        ratio = np.where(emp.seen, ratio - 1.0, 0.0)
+    return ratio
+
+
+@dataclass(frozen=True, eq=False)
+class CQLEvaluation:
+    """The fixed point of CQL(1) (Eq. 1) or CQL(2) (Eq. 2) policy evaluation.
+
+    Attributes:
+        q: Q_hat, (S, A).
+        v: V_hat(s) = sum_a pi(a|s) Q_hat(s, a), (S,).
+        penalty: the per-pair penalty of :func:`cql_penalty`, (S, A).
+        reward: the penalised reward ``r_hat - alpha * penalty``, (S, A).
+        alpha: the penalty weight.
+        variant: "cql1" or "cql2".
+    """
+
+    q: np.ndarray
+    v: np.ndarray
+    penalty: np.ndarray
+    reward: np.ndarray
+    alpha: float
+    variant: Variant
+
+
+def cql_evaluate(
+    emp: EmpiricalMDP,
+    pi: np.ndarray,
+    alpha: float,
+    mu: np.ndarray | None = None,
+    variant: Variant = "cql1",
+) -> CQLEvaluation:
+    """Exact fixed point of the CQL(1) / CQL(2) policy-evaluation update (Eq. 1 / Eq. 2).
+
+    Setting the gradient of the per-iteration objective to zero (see :func:`cql_iterate`) gives
+    ``Q_{k+1} = B_hat^pi Q_k - alpha * penalty``; its fixed point is
+
+        Q_hat = (I - gamma P_hat^pi)^{-1} (r_hat - alpha * penalty)
+              = Q_hat^pi - alpha (I - gamma P_hat^pi)^{-1} penalty,
+
+    i.e. exact policy evaluation of the empirical MDP with the penalised reward (solved in state
+    space by :func:`theory.mdp.solve_discounted`). With ``penalty = mu/pi_beta_hat`` this is the
+    equality case of Theorem 3.1 inside the empirical MDP; with CQL(2) and ``mu = pi`` the value
+    satisfies ``V_hat = V_hat^pi - alpha (I - gamma P_hat_pi)^{-1} D_CQL`` (Theorem 3.2), where
+    ``D_CQL(s) = sum_a pi (pi/pi_beta_hat - 1) >= 0``.
+
+    Args:
+        emp: the empirical MDP of D.
+        pi: policy being evaluated, (S, A).
+        alpha: penalty weight, >= 0.
+        mu: the penalised distribution, (S, A); defaults to ``pi``. Must satisfy
+            supp mu(.|s) within supp pi_beta_hat(.|s) on every state in D.
+        variant: "cql1" (Eq. 1) or "cql2" (Eq. 2).
+    """
+    alpha = _check_alpha(alpha)
+    pi = validate_policy(pi, emp.n_states, emp.n_actions, "pi")
+    penalty = cql_penalty(emp, pi if mu is None else mu, variant)
+    reward = emp.R - alpha * penalty
+    q = solve_discounted(emp.mdp, pi, reward)
+    return CQLEvaluation(
+        q=q, v=state_values(q, pi), penalty=penalty, reward=reward, alpha=alpha, variant=variant
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class CQLIterates:
+    """Iterates ``Q_0, ..., Q_K`` of the CQL(1)/(2) update, each the exact per-iteration argmin.
+
+    Attributes:
+        q: (K + 1, S, A); ``q[0]`` is the start.
+        penalty: the per-pair penalty of :func:`cql_penalty`, (S, A).
+        alpha: the penalty weight.
+        variant: "cql1" or "cql2".
+    """
+
+    q: np.ndarray
+    penalty: np.ndarray
+    alpha: float
+    variant: Variant
+
+
+def cql_objective(
+    emp: EmpiricalMDP,
+    q: np.ndarray,
+    target: np.ndarray,
+    alpha: float,
+    mu: np.ndarray,
+    variant: Variant = "cql1",
+) -> float:
+    """One iteration's CQL(1) / CQL(2) objective at Q, for a fixed target ``B_hat^pi Q_k``.
+
+    Eq. 1:  ``alpha E_{s~D, a~mu}[Q(s,a)] + 1/2 E_{s,a~D}[(Q(s,a) - target(s,a))^2]``
+    Eq. 2:  Eq. 1 ``- alpha E_{s~D, a~pi_beta_hat}[Q(s,a)]``
+
+    with ``E_{s~D}`` weighting state s by ``n(s)/N`` and ``E_{s,a~D}`` pair (s, a) by
+    ``n(s,a)/N``. (The paper's TD term uses sampled targets ``r + gamma V_k(s')``; their average
+    at (s, a) is ``B_hat^pi Q_k``, so the sampled loss differs from this one by a constant.)
+    Shapes: q, target, mu (S, A) -> scalar.
+    """
+    alpha = _check_alpha(alpha)
+    S, A = emp.n_states, emp.n_actions
+    q = _check_table(q, (S, A), "q")
+    target = _check_table(target, (S, A), "target")
+    mu = emp.check_support(mu, "mu")
+    if variant not in ("cql1", "cql2"):
+        raise ValueError(f"variant must be 'cql1' or 'cql2', got {variant!r}")
+    n = float(emp.counts.sum())
+    if n == 0:
+        return 0.0
+    d = emp.state_counts / n
+    # Unseen pairs at states of D carry mu = 0 (support checked), so mu * q adds nothing there.
+    reg = float(np.sum(d[:, None] * np.where(mu > 0, mu * q, 0.0)))
+    if variant == "cql2":
+        reg -= float(np.sum(emp.counts / n * q))
+    td = 0.5 * float(np.sum(emp.counts / n * (q - target) ** 2))
+    return alpha * reg + td
+
+
+def cql_iterate(
+    emp: EmpiricalMDP,
+    pi: np.ndarray,
+    alpha: float,
+    n_iters: int,
+    mu: np.ndarray | None = None,
+    variant: Variant = "cql1",
+    q0: np.ndarray | None = None,
+) -> CQLIterates:
+    """Apply the CQL(1) / CQL(2) update (Eq. 1 / Eq. 2) ``n_iters`` times from ``q0`` (default 0).
+
+    Each iterate is the exact argmin of that iteration's objective (:func:`cql_objective`) with
+    the target ``y = B_hat^pi Q_k`` held fixed. The objective is separable over pairs:
+
+        J(Q) = sum_{s,a} [ alpha n(s) mu(a|s) Q(s,a) - [cql2] alpha n(s,a) Q(s,a)
+                           + 1/2 n(s,a) (Q(s,a) - y(s,a))^2 ] / N,
+
+    using ``E_{s~D,a~pi_beta_hat}[Q] = sum n(s) (n(s,a)/n(s)) Q / N``. For ``n(s, a) > 0`` it is
+    strictly convex in Q(s, a) and
+
+        dJ/dQ(s,a) = [alpha n(s) mu - [cql2] alpha n(s,a) + n(s,a) (Q - y)] / N = 0
+        =>  Q_{k+1}(s,a) = y(s,a) - alpha (mu(a|s)/pi_beta_hat(a|s) - [cql2] 1),
+
+    since ``n(s)/n(s,a) = 1/pi_beta_hat(a|s)``. For ``n(s, a) = 0`` J is linear in Q(s, a) with
+    slope ``alpha n(s) mu(a|s) / N``: unbounded below if ``mu(a|s) > 0`` (refused by the support
+    check), flat if ``mu(a|s) = 0`` -- every value is a minimiser and we take ``y(s, a)``, the
+    empirical MDP's backup at its absorbing unseen pair. So the iteration is the Bellman iteration
+    of the empirical MDP with reward ``r_hat - alpha * penalty``, a gamma-contraction in the sup
+    norm whose fixed point is :func:`cql_evaluate`: ``|Q_k - Q_hat| <= gamma^k |Q_0 - Q_hat|``.
+
+    Returns all iterates, shape (n_iters + 1, S, A).
+    """
+    alpha = _check_alpha(alpha)
+    n_iters = _check_n_iters(n_iters)
+    S, A = emp.n_states, emp.n_actions
+    pi = validate_policy(pi, S, A, "pi")
+    penalty = cql_penalty(emp, pi if mu is None else mu, variant)
+    q = np.zeros((S, A)) if q0 is None else _check_table(q0, (S, A), "q0")
+    out = np.empty((n_iters + 1, S, A))
+    out[0] = q
+    for k in range(n_iters):
+        q = bellman(emp.mdp, q, pi) - alpha * penalty
+        out[k + 1] = q
+    return CQLIterates(q=out, penalty=penalty, alpha=alpha, variant=variant)
+
+
+# --- CQL(H) ---------------------------------------------------------------------------------
+
+
+def masked_softmax(q: np.ndarray, mask: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(Q(s, .)/temperature)`` over the actions where ``mask[s]`` is True, 0 elsewhere.
+
+    Rows with no True entry are all zero. Shapes: q, mask (S, A) -> (S, A).
+    """
+    z = np.where(mask, q / temperature, -np.inf)
+    m = np.max(z, axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.where(mask, np.exp(z - m), 0.0)
+    total = e.sum(axis=1, keepdims=True)
+    return np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+
+
+def masked_logsumexp(q: np.ndarray, mask: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``temperature * log sum_{a: mask} exp(Q(s, a)/temperature)``; 0 on rows with no True entry.
+
+    Shapes: q, mask (S, A) -> (S,).
+    """
+    z = np.where(mask, q / temperature, -np.inf)
+    m = np.max(z, axis=1)
+    has = np.isfinite(m)
+    m = np.where(has, m, 0.0)
+    total = np.where(mask, np.exp(z - m[:, None]), 0.0).sum(axis=1)
+    return np.where(has, temperature * (m + np.log(np.where(has, total, 1.0))), 0.0)
+
+
+def cql_h_penalty(emp: EmpiricalMDP, q: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """CQL(H) penalty ``softmax(Q/temperature)(a|s) / pi_beta_hat(a|s) - 1`` on seen pairs, else 0.
+
+    The softmax runs over the actions taken at s in D (see :func:`cql_h_evaluate` for why).
+    Shapes: q (S, A) -> (S, A).
+    """
+    p = masked_softmax(q, emp.seen, temperature)
+    ratio = np.divide(p, emp.pi_beta, out=np.zeros_like(p), where=emp.seen)
+    return np.where(emp.seen, ratio - 1.0, 0.0)
+
+
+def cql_h_objective(
+    emp: EmpiricalMDP,
+    q: np.ndarray,
+    target: np.ndarray,
+    alpha: float,
+    temperature: float = 1.0,
+) -> float:
+    """One iteration's CQL(H) objective (Eq. 4 with the policy-evaluation backup) at Q.
+
+        alpha E_{s~D}[ tau log sum_{a in A_D(s)} exp(Q(s,a)/tau) - E_{a~pi_beta_hat}[Q(s,a)] ]
+        + 1/2 E_{s,a~D}[(Q(s,a) - target(s,a))^2]
+
+    with ``tau = temperature``, ``target = B_hat^pi Q_k`` fixed, ``A_D(s)`` the actions taken at
+    s in D, and the weights of :func:`cql_objective`. Convex in Q; strictly convex in the
+    entries of seen pairs, constant in the others. Shapes: q, target (S, A) -> scalar.
+    """
+    alpha = _check_alpha(alpha)
+    temperature = _check_temperature(temperature)
+    S, A = emp.n_states, emp.n_actions
+    q = _check_table(q, (S, A), "q")
+    target = _check_table(target, (S, A), "target")
+    n = float(emp.counts.sum())
+    if n == 0:
+        return 0.0
+    lse = masked_logsumexp(q, emp.seen, temperature)
+    reg = float(np.sum(emp.state_counts / n * lse)) - float(np.sum(emp.counts / n * q))
+    td = 0.5 * float(np.sum(emp.counts / n * (q - target) ** 2))
+    return alpha * reg + td
+
+
+@dataclass(frozen=True, eq=False)
+class CQLHResult:
+    """The stationary point of CQL(H) policy evaluation (Eq. 4, backup ``B_hat^pi``).
+
+    Attributes:
+        q: Q_hat, (S, A).
+        v: V_hat(s) = sum_a pi(a|s) Q_hat(s, a), (S,).
+        mu: ``softmax(Q_hat/temperature)`` over the actions of s in D (the maximising mu of
+            Eq. 3 with an entropy regulariser), zero on states not in D, (S, A).
+        penalty: ``mu/pi_beta_hat - 1`` on seen pairs, 0 elsewhere, (S, A).
+        residual: ``max |Q_hat - B_hat^pi Q_hat + alpha * penalty|`` at the returned Q_hat.
+        iterations: Newton steps taken (plus any fallback proximal steps).
+        alpha, temperature: the inputs.
+    """
+
+    q: np.ndarray
+    v: np.ndarray
+    mu: np.ndarray
+    penalty: np.ndarray
+    residual: float
+    iterations: int
+    alpha: float
+    temperature: float
+
+
+def cql_h_residual(
+    emp: EmpiricalMDP, pi: np.ndarray, q: np.ndarray, alpha: float, temperature: float = 1.0
+) -> np.ndarray:
+    """``F(Q) = Q - B_hat^pi Q + alpha (softmax(Q/tau)/pi_beta_hat - 1)`` (penalty on seen pairs).
+
+    The CQL(H) stationarity equation is ``F(Q) = 0``. Shapes: q, pi (S, A) -> (S, A).
+    """
+    return q - bellman(emp.mdp, q, pi) + alpha * cql_h_penalty(emp, q, temperature)
+
+
+def cql_h_argmin(
+    emp: EmpiricalMDP,
+    target: np.ndarray,
+    alpha: float,
+    temperature: float = 1.0,
+    q0: np.ndarray | None = None,
+    tol: float = 1e-13,
+    max_iter: int = 200,
+) -> np.ndarray:
+    """Exact minimiser of the per-iteration CQL(H) objective :func:`cql_h_objective`.
+
+    Separable over states. At a state s in D, with ``b = pi_beta_hat(.|s)`` and
+    ``p = softmax(Q(s,.)/tau)`` over A_D(s), the objective (times N/n(s)) is
+
+        phi_s(Q) = 1/2 sum_a b_a (Q_a - y_a)^2 + alpha (tau lse(Q/tau) - sum_a b_a Q_a),
+        grad     = b (Q - y) + alpha (p - b),
+        Hessian  = diag(b) + (alpha/tau) (diag(p) - p p^T)   (positive definite on A_D(s)),
+
+    so the minimiser solves ``Q + alpha (p/b - 1) = y``. We take damped Newton steps
+    (Armijo backtracking on phi_s), which converge globally on a strictly convex smooth function.
+    Unseen pairs and states not in D have a flat objective; they keep ``y`` (the empirical
+    backup, as in :func:`cql_iterate`). Shapes: target (S, A) -> (S, A).
+    """
+    alpha = _check_alpha(alpha)
+    temperature = _check_temperature(temperature)
+    S, A = emp.n_states, emp.n_actions
+    y = _check_table(target, (S, A), "target")
+    q = y.copy() if q0 is None else _check_table(q0, (S, A), "q0").copy()
+    rows = np.flatnonzero(emp.seen_states)
+    q[~emp.seen] = y[~emp.seen]
+    if alpha == 0 or rows.size == 0:
+        return y.copy()
+    mask = emp.seen[rows]
+    b = emp.pi_beta[rows]
+    inv_b = np.divide(1.0, b, out=np.zeros_like(b), where=mask)
+    yr = y[rows]
+    qr = np.where(mask, q[rows], yr)
+
+    def phi(x: np.ndarray) -> np.ndarray:
+        return 0.5 * np.sum(b * (x - yr) ** 2, axis=1) + alpha * (
+            masked_logsumexp(x, mask, temperature) - np.sum(b * x, axis=1)
+        )
+
+    for _ in range(max_iter):
+        p = masked_softmax(qr, mask, temperature)
+        grad = b * (qr - yr) + alpha * (p - b)
+        if np.max(np.abs(grad * inv_b)) <= tol * max(1.0, float(np.max(np.abs(qr)))):
+            break
+        H = alpha / temperature * (p[:, :, None] * np.eye(A) - p[:, :, None] * p[:, None, :])
+        H = H + b[:, :, None] * np.eye(A)
+        # Unseen actions: an identity row and zero gradient keep their entries fixed.
+        H = H + (~mask)[:, :, None] * np.eye(A)
+        step = -np.linalg.solve(H, grad[:, :, None])[:, :, 0]
+        f0 = phi(qr)
+        slope = np.sum(grad * step, axis=1)
+        t = np.ones(len(rows))
+        for _ in range(60):
+            f1 = phi(qr + t[:, None] * step)
+            bad = f1 > f0 + 1e-4 * t * slope + 1e-15 * np.abs(f0)
+            if not bad.any():
+                break
+            t = np.where(bad, t / 2, t)
+        qr = qr + t[:, None] * step
+    q[rows] = np.where(mask, qr, yr)
+    return q
+
+
+def _pair_transition(mdp: TabularMDP, pi: np.ndarray) -> Matrix:
+    """``P^pi[(s,a), (s2,a2)] = P(s2|s,a) pi(a2|s2)``, (S*A, S*A); dense when small, else CSR."""
+    S, A = mdp.n_states, mdp.n_actions
+    # Pi[s2, s2*A + a2] = pi(a2|s2): P^pi = P_flat @ Pi.
+    Pi = sp.csr_array((pi.ravel(), np.arange(S * A), np.arange(0, S * A + 1, A)), shape=(S, S * A))
+    P_flat = mdp.P_flat
+    if S * A <= DENSE_MAX_PAIRS:
+        dense = P_flat.toarray() if sp.issparse(P_flat) else np.asarray(P_flat)
+        return dense @ Pi.toarray()
+    return sp.csr_array(sp.csr_array(P_flat) @ Pi)
+
+
+def _softmax_jacobian_blocks(emp: EmpiricalMDP, q: np.ndarray, temperature: float) -> np.ndarray:
+    """d penalty / d Q: per state ``(1/tau) diag(1/b) (diag p - p p^T)`` on seen pairs; (S, A, A)."""
+    A = emp.n_actions
+    p = masked_softmax(q, emp.seen, temperature)
+    inv_b = np.divide(1.0, emp.pi_beta, out=np.zeros_like(p), where=emp.seen)
+    blocks = p[:, :, None] * np.eye(A) - p[:, :, None] * p[:, None, :]
+    return inv_b[:, :, None] * blocks / temperature
+
+
+def cql_h_evaluate(
+    emp: EmpiricalMDP,
+    pi: np.ndarray,
+    alpha: float,
+    temperature: float = 1.0,
+    q0: np.ndarray | None = None,
+    tol: float = 1e-12,
+    max_iter: int = 100,
+) -> CQLHResult:
+    """Stationary point of CQL(H) policy evaluation (Eq. 4 with the backup ``B_hat^pi``).
+
+    Solves, for all pairs,
+
+        Q = B_hat^pi Q - alpha (softmax(Q/tau)(a|s) / pi_beta_hat(a|s) - 1)   on pairs seen in D,
+        Q = B_hat^pi Q                                                        elsewhere,
+
+    which is the fixed point of "Q_{k+1} = argmin of :func:`cql_h_objective` with target
+    B_hat^pi Q_k" (gradient of Eq. 4 set to zero; the log-sum-exp is Eq. 3's max over mu with an
+    entropy regulariser, and its gradient is the softmax).
+
+    Support. The log-sum-exp runs over A_D(s), the actions taken at s in D. Over *all* actions, an
+    action never taken at s would feel the gradient ``alpha d(s) softmax(a|s) > 0`` with no TD
+    term to balance it: the infimum sends Q(s, a) to -inf and no minimiser exists. Restricting to
+    A_D(s) is that limit for every seen pair (softmax(a|s) -> 0 at those actions) and leaves the
+    unseen pairs to the empirical MDP's pessimistic convention. With full coverage the two agree.
+
+    Existence, uniqueness, convergence. Let ``G_s(x) = x + alpha (softmax(x/tau)/b - 1)`` on
+    R^{A_D(s)}. Its Jacobian is ``I - L`` with ``L = -(alpha/tau) diag(1/b) (diag p - p p^T)``,
+    which has non-negative off-diagonal entries and zero row sums (a rate matrix), so
+    ``(I - L)^{-1}`` is a stochastic matrix: G_s^{-1} (the per-iteration argmin,
+    :func:`cql_h_argmin`) is 1-Lipschitz in the sup norm. The exact per-iteration update is then
+    ``G^{-1} o B_hat^pi``, a gamma-contraction: the stationary point exists, is unique, and is
+    found from any start. The same argument bounds the Newton Jacobian
+    ``J = I - gamma P^pi - L`` by ``|J^{-1}|_inf <= 1/(1 - gamma)``, for any alpha and pi_beta_hat.
+    (The explicit iteration ``Q <- B Q - alpha (p/b - 1)`` is *not* a contraction when
+    ``alpha/(tau b)`` is large, which is why it is not used.)
+
+    Method: Newton's method on ``F(Q) = 0`` (:func:`cql_h_residual`) with the block-diagonal
+    softmax Jacobian, globalised by Armijo backtracking on ``|F|_2^2``; if a line search fails,
+    one exact per-iteration step (a guaranteed contraction) is taken instead. Starts at ``q0``
+    or at the empirical ``Q_hat^pi`` (the alpha = 0 solution).
+
+    Args:
+        emp: the empirical MDP of D.
+        pi: policy whose backup is used, (S, A); no support condition (mu is the softmax).
+        alpha: penalty weight, >= 0.
+        temperature: tau > 0 of the log-sum-exp (``tau log sum exp(Q/tau)``).
+        q0: starting point, (S, A).
+        tol: stop when ``max |F(Q)| <= tol``.
+        max_iter: Newton steps before giving up with :class:`RuntimeError`.
+    """
+    alpha = _check_alpha(alpha)
+    temperature = _check_temperature(temperature)
+    S, A = emp.n_states, emp.n_actions
+    pi = validate_policy(pi, S, A, "pi")
+    q = policy_evaluation(emp.mdp, pi) if q0 is None else _check_table(q0, (S, A), "q0").copy()
+    n = S * A
+
+    def resid(x: np.ndarray) -> np.ndarray:
+        return cql_h_residual(emp, pi, x, alpha, temperature)
+
+    F = resid(q)
+    res = float(np.max(np.abs(F)))
+    iterations = 0
+    if alpha > 0 and res > tol:
+        P_pi = _pair_transition(emp.mdp, pi)
+        dense = not sp.issparse(P_pi)
+        base = (np.eye(n) - emp.gamma * P_pi) if dense else sp.eye_array(n) - emp.gamma * P_pi
+        for _ in range(max_iter):
+            iterations += 1
+            blocks = alpha * _softmax_jacobian_blocks(emp, q, temperature)
+            if dense:
+                J = base.copy()
+                idx = np.arange(S)[:, None, None] * A
+                J[idx + np.arange(A)[None, :, None], idx + np.arange(A)[None, None, :]] += blocks
+                dq = np.linalg.solve(J, -F.ravel())
+            else:
+                Jb = sp.bsr_array((blocks, np.arange(S), np.arange(S + 1)), shape=(n, n))
+                dq = spla.spsolve(sp.csc_array(base + Jb), -F.ravel())
+            dq = np.asarray(dq).reshape(S, A)
+            merit = float(np.sum(F**2))
+            t = 1.0
+            accepted = False
+            while t > 1e-12:
+                F_new = resid(q + t * dq)
+                # Newton directions descend |F|^2 with slope -2 |F|^2 at t = 0 (Armijo, c = 1e-4).
+                if float(np.sum(F_new**2)) <= (1.0 - 2e-4 * t) * merit:
+                    accepted = True
+                    break
+                t /= 2
+            if accepted:
+                q = q + t * dq
+            else:
+                q = cql_h_argmin(emp, bellman(emp.mdp, q, pi), alpha, temperature, q0=q)
+            F = resid(q)
+            new_res = float(np.max(np.abs(F)))
+            if new_res <= tol or (not accepted and new_res >= res):
+                res = new_res
+                break
+            res = new_res
+        if not (res <= tol or res <= _round_off(q, alpha)):
+            raise RuntimeError(
+                f"CQL(H) Newton did not converge: max |F| = {res:.3g} > tol = {tol:.3g} after "
+                f"{iterations} steps (alpha = {alpha}, temperature = {temperature})"
+            )
+    mu = masked_softmax(q, emp.seen, temperature)
+    return CQLHResult(
+        q=q,
+        v=state_values(q, pi),
+        mu=mu,
+        penalty=cql_h_penalty(emp, q, temperature),
+        residual=res,
+        iterations=iterations,
+        alpha=alpha,
+        temperature=temperature,
+    )
+
+
+def _round_off(q: np.ndarray, alpha: float) -> float:
+    # The residual cannot go below the rounding error of its largest terms.
+    return 64 * np.finfo(float).eps * (1.0 + float(np.max(np.abs(q))) + alpha)
+
+
+@dataclass(frozen=True, eq=False)
+class CQLHIterates:
+    """Iterates of the exact per-iteration CQL(H) update; ``q`` has shape (K + 1, S, A)."""
+
+    q: np.ndarray
+    alpha: float
+    temperature: float
+
+
+def cql_h_iterate(
+    emp: EmpiricalMDP,
+    pi: np.ndarray,
+    alpha: float,
+    n_iters: int,
+    temperature: float = 1.0,
+    q0: np.ndarray | None = None,
+) -> CQLHIterates:
+    """``Q_{k+1} = argmin_Q cql_h_objective(Q; target = B_hat^pi Q_k)`` applied ``n_iters`` times.
+
+    A gamma-contraction in the sup norm (see :func:`cql_h_evaluate`), converging to the
+    stationary point from any ``q0`` (default 0). Returns (n_iters + 1, S, A).
+    """
+    alpha = _check_alpha(alpha)
+    temperature = _check_temperature(temperature)
+    n_iters = _check_n_iters(n_iters)
+    S, A = emp.n_states, emp.n_actions
+    pi = validate_policy(pi, S, A, "pi")
+    q = np.zeros((S, A)) if q0 is None else _check_table(q0, (S, A), "q0")
+    out = np.empty((n_iters + 1, S, A))
+    out[0] = q
+    for k in range(n_iters):
+        q = cql_h_argmin(emp, bellman(emp.mdp, q, pi), alpha, temperature, q0=q)
+        out[k + 1] = q
+    return CQLHIterates(q=out, alpha=alpha, temperature=temperature)
+
+
+# --- tabular CQL control --------------------------------------------------------------------
+
+
+def softmax_policy(q: np.ndarray, temperature: float) -> np.ndarray:
+    """``pi(a|s) ∝ exp(Q(s, a)/temperature)`` over all actions; (S, A) -> (S, A)."""
+    temperature = _check_temperature(temperature)
+    return masked_softmax(q, np.ones_like(q, dtype=bool), temperature)
+
+
+@dataclass(frozen=True, eq=False)
+class CQLControlResult:
+    """Iterates of the tabular CQL control loop, all aligned on k = 0..K.
+
+    Attributes:
+        policies: pi_k, (K + 1, S, A); ``policies[0]`` is the start.
+        q_hat: CQL(H) Q_hat of pi_k in the empirical MDP, (K + 1, S, A).
+        q_empirical: exact Q_hat^{pi_k} of the empirical MDP (no penalty), (K + 1, S, A).
+        q_true: exact Q^{pi_k} of the true MDP if one was given, else None, (K + 1, S, A).
+        residuals: CQL(H) stationarity residual of each q_hat, (K + 1,).
+        alpha, temperature: CQL(H) inputs; improvement, policy_temperature, step_size: the
+            policy-improvement rule.
+    """
+
+    policies: np.ndarray
+    q_hat: np.ndarray
+    q_empirical: np.ndarray
+    q_true: np.ndarray | None
+    residuals: np.ndarray
+    alpha: float
+    temperature: float
+    improvement: Improvement
+    policy_temperature: float
+    step_size: float
+
+
+def cql_control(
+    emp: EmpiricalMDP,
+    alpha: float,
+    n_iters: int,
+    improvement: Improvement = "greedy",
+    temperature: float = 1.0,
+    policy_temperature: float | None = None,
+    step_size: float = 1.0,
+    pi0: np.ndarray | None = None,
+    mdp: TabularMDP | None = None,
+) -> CQLControlResult:
+    """Tabular CQL: CQL(H) evaluation alternated with policy improvement (paper Sec. 3.2).
+
+    For k = 0..K: ``Q_hat_k`` = :func:`cql_h_evaluate` of pi_k (exact stationary point), and
+    for k < K
+
+        greedy: pi' = argmax_a Q_hat_k(s, a)                       (lowest index on ties)
+        soft:   pi'(a|s) ∝ exp(Q_hat_k(s, a) / policy_temperature)
+        pi_{k+1} = (1 - step_size) pi_k + step_size pi'            (step_size = 1: replace)
+
+    ``alpha = 0`` is naive offline policy iteration in the empirical MDP (no conservatism); the
+    exact ``Q_hat^{pi_k}`` of the empirical MDP and, if ``mdp`` is given, the true ``Q^{pi_k}``
+    are returned alongside for Theorems 3.3, 3.4 (gap expansion) and 3.6 (safe improvement).
+
+    Args:
+        emp: the empirical MDP of D.
+        alpha: CQL(H) penalty weight, >= 0.
+        n_iters: K, the number of improvement steps.
+        improvement: "greedy" or "soft".
+        temperature: tau of the CQL(H) log-sum-exp.
+        policy_temperature: temperature of the soft improvement; defaults to ``temperature``.
+        step_size: mixing weight in (0, 1].
+        pi0: the start policy; defaults to ``pi_beta_hat`` (uniform on states not in D).
+        mdp: the true MDP, to report ``q_true``; must have the same S, A.
+    """
+    alpha = _check_alpha(alpha)
+    temperature = _check_temperature(temperature)
+    policy_temperature = _check_temperature(
+        temperature if policy_temperature is None else policy_temperature, "policy_temperature"
+    )
+    n_iters = _check_n_iters(n_iters)
+    if improvement not in ("greedy", "soft"):
+        raise ValueError(f"improvement must be 'greedy' or 'soft', got {improvement!r}")
+    step_size = float(step_size)
+    if not (np.isfinite(step_size) and 0.0 < step_size <= 1.0):
+        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+    S, A = emp.n_states, emp.n_actions
+    if mdp is not None and (mdp.n_states, mdp.n_actions) != (S, A):
+        raise InvalidMDPError(
+            f"the true mdp has (S, A) = ({mdp.n_states}, {mdp.n_actions}), the dataset ({S}, {A})"
+        )
+    pi = emp.pi_beta.copy() if pi0 is None else validate_policy(pi0, S, A, "pi0")
+    policies, q_hats, q_emps, q_trues, residuals = [], [], [], [], []
+    q_prev: np.ndarray | None = None
+    for k in range(n_iters + 1):
+        res = cql_h_evaluate(emp, pi, alpha, temperature, q0=q_prev)
+        policies.append(pi)
+        q_hats.append(res.q)
+        residuals.append(res.residual)
+        q_emps.append(policy_evaluation(emp.mdp, pi))
+        if mdp is not None:
+            q_trues.append(policy_evaluation(mdp, pi))
+        q_prev = res.q
+        if k < n_iters:
+            new = (
+                greedy_policy(res.q)
+                if improvement == "greedy"
+                else softmax_policy(res.q, policy_temperature)
+            )
+            pi = (1.0 - step_size) * pi + step_size * new
+    return CQLControlResult(
+        policies=np.stack(policies),
+        q_hat=np.stack(q_hats),
+        q_empirical=np.stack(q_emps),
+        q_true=np.stack(q_trues) if mdp is not None else None,
+        residuals=np.asarray(residuals),
+        alpha=alpha,
+        temperature=temperature,
+        improvement=improvement,
+        policy_temperature=policy_temperature,
+        step_size=step_size,
+    )
