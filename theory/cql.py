@@ -27,13 +27,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
 from theory.data import EmpiricalMDP
 from theory.mdp import (
     InvalidMDPError,
-    Matrix,
     TabularMDP,
     bellman,
     greedy_policy,
@@ -45,11 +42,6 @@ from theory.mdp import (
 
 Variant = Literal["cql1", "cql2"]
 Improvement = Literal["greedy", "soft"]
-
-# Newton on the CQL(H) stationarity equation builds its (S*A, S*A) Jacobian densely up to this
-# many pairs, and as a sparse matrix (sparse LU) above.
-DENSE_MAX_PAIRS = 2000
-
 
 # --- validation ----------------------------------------------------------------------------
 
@@ -376,6 +368,48 @@ def cql_h_residual(
     return q - bellman(emp.mdp, q, pi) + alpha * cql_h_penalty(emp, q, temperature)
 
 
+@dataclass(frozen=True)
+class _Resolvent:
+    """``K = (I + (c/tau) diag(1/b)(diag p - p p^T))^{-1}`` per state, in closed form; c = alpha.
+
+    With ``x = (c/tau) p/b`` the matrix is ``diag(1 + x) - u p^T`` (``u = (c/tau) p/b``), so by
+    Sherman-Morrison
+
+        K[a, a2] = delta(a, a2)/(1 + x_a) + (x_a/(1 + x_a)) (p_a2/(1 + x_a2)) / den,
+        den      = 1 - sum_a p_a x_a/(1 + x_a) = sum_a p_a/(1 + x_a)   (as sum p = 1),
+
+    a sum of non-negative terms with rows summing to one: K is a stochastic matrix. Computing
+    ``den`` as ``sum p/(1 + x)`` avoids cancellation. States without data (p = 0) get K = I.
+    """
+
+    x: np.ndarray  # (S, A)
+    p: np.ndarray  # (S, A)
+    den: np.ndarray  # (S,)
+
+    @classmethod
+    def at(cls, emp: EmpiricalMDP, q: np.ndarray, alpha: float, temperature: float) -> _Resolvent:
+        p = masked_softmax(q, emp.seen, temperature)
+        inv_b = np.divide(1.0, emp.pi_beta, out=np.zeros_like(p), where=emp.seen)
+        x = alpha / temperature * p * inv_b
+        return cls(x=x, p=p, den=np.sum(p / (1.0 + x), axis=1))
+
+    def _w(self, z: np.ndarray) -> np.ndarray:
+        num = np.sum(self.p / (1.0 + self.x) * z, axis=1)
+        return np.divide(num, self.den, out=np.zeros_like(num), where=self.den > 0)
+
+    def apply(self, z: np.ndarray) -> np.ndarray:
+        """``(K z)(s, .) = K_s z(s, .)``; (S, A) -> (S, A)."""
+        return (z + self.x * self._w(z)[:, None]) / (1.0 + self.x)
+
+    def left(self, pi: np.ndarray) -> np.ndarray:
+        """``(pi K)(s, .) = pi(s, .) K_s``, a policy again since K_s is stochastic; (S, A) -> (S, A)."""
+        c = np.sum(pi * self.x / (1.0 + self.x), axis=1)
+        c = np.divide(c, self.den, out=np.zeros_like(c), where=self.den > 0)
+        out = (pi + c[:, None] * self.p) / (1.0 + self.x)
+        # Rows sum to one up to rounding; renormalise so the policy check sees exact rows.
+        return out / out.sum(axis=1, keepdims=True)
+
+
 def cql_h_argmin(
     emp: EmpiricalMDP,
     target: np.ndarray,
@@ -394,74 +428,49 @@ def cql_h_argmin(
         grad     = b (Q - y) + alpha (p - b),
         Hessian  = diag(b) + (alpha/tau) (diag(p) - p p^T)   (positive definite on A_D(s)),
 
-    so the minimiser solves ``Q + alpha (p/b - 1) = y``. We take damped Newton steps
-    (Armijo backtracking on phi_s), which converge globally on a strictly convex smooth function.
-    Unseen pairs and states not in D have a flat objective; they keep ``y`` (the empirical
-    backup, as in :func:`cql_iterate`). Shapes: target (S, A) -> (S, A).
+    so the minimiser solves ``Q + alpha (p/b - 1) = y``. Damped Newton steps (Armijo
+    backtracking on phi_s) converge globally on this strictly convex smooth function; the Newton
+    step ``-Hessian^{-1} grad = -K (grad/b)`` uses the closed-form :class:`_Resolvent`. Unseen
+    pairs and states not in D have a flat objective; they take ``y`` (the empirical backup, as in
+    :func:`cql_iterate`). Shapes: target (S, A) -> (S, A).
     """
     alpha = _check_alpha(alpha)
     temperature = _check_temperature(temperature)
     S, A = emp.n_states, emp.n_actions
     y = _check_table(target, (S, A), "target")
-    q = y.copy() if q0 is None else _check_table(q0, (S, A), "q0").copy()
-    rows = np.flatnonzero(emp.seen_states)
-    q[~emp.seen] = y[~emp.seen]
-    if alpha == 0 or rows.size == 0:
+    if alpha == 0 or not emp.seen.any():
         return y.copy()
-    mask = emp.seen[rows]
-    b = emp.pi_beta[rows]
-    inv_b = np.divide(1.0, b, out=np.zeros_like(b), where=mask)
-    yr = y[rows]
-    qr = np.where(mask, q[rows], yr)
+    seen = emp.seen
+    b = emp.pi_beta
+    inv_b = np.divide(1.0, b, out=np.zeros_like(b), where=seen)
+    q = y.copy() if q0 is None else _check_table(q0, (S, A), "q0").copy()
+    q = np.where(seen, q, y)
+    w = emp.state_counts / max(1, int(emp.state_counts.sum()))
 
     def phi(x: np.ndarray) -> np.ndarray:
-        return 0.5 * np.sum(b * (x - yr) ** 2, axis=1) + alpha * (
-            masked_logsumexp(x, mask, temperature) - np.sum(b * x, axis=1)
+        # Per state; states without data contribute 0 (b = 0 and an empty log-sum-exp).
+        return 0.5 * np.sum(b * (x - y) ** 2, axis=1) + alpha * (
+            masked_logsumexp(x, seen, temperature) - np.sum(b * x, axis=1)
         )
 
     for _ in range(max_iter):
-        p = masked_softmax(qr, mask, temperature)
-        grad = b * (qr - yr) + alpha * (p - b)
-        if np.max(np.abs(grad * inv_b)) <= tol * max(1.0, float(np.max(np.abs(qr)))):
+        res = _Resolvent.at(emp, q, alpha, temperature)
+        # grad/b: the per-pair stationarity residual, 0 on unseen pairs.
+        g = np.where(seen, q - y + alpha * (res.p * inv_b - 1.0), 0.0)
+        if np.max(np.abs(g)) <= tol * max(1.0, float(np.max(np.abs(q)))):
             break
-        H = alpha / temperature * (p[:, :, None] * np.eye(A) - p[:, :, None] * p[:, None, :])
-        H = H + b[:, :, None] * np.eye(A)
-        # Unseen actions: an identity row and zero gradient keep their entries fixed.
-        H = H + (~mask)[:, :, None] * np.eye(A)
-        step = -np.linalg.solve(H, grad[:, :, None])[:, :, 0]
-        f0 = phi(qr)
-        slope = np.sum(grad * step, axis=1)
-        t = np.ones(len(rows))
+        step = -res.apply(g)
+        f0 = phi(q)
+        slope = np.sum(b * g * step, axis=1)
+        t = np.ones(S)
         for _ in range(60):
-            f1 = phi(qr + t[:, None] * step)
-            bad = f1 > f0 + 1e-4 * t * slope + 1e-15 * np.abs(f0)
+            f1 = phi(q + t[:, None] * step)
+            bad = (f1 > f0 + 1e-4 * t * slope + 1e-15 * np.abs(f0)) & (w > 0)
             if not bad.any():
                 break
             t = np.where(bad, t / 2, t)
-        qr = qr + t[:, None] * step
-    q[rows] = np.where(mask, qr, yr)
-    return q
-
-
-def _pair_transition(mdp: TabularMDP, pi: np.ndarray) -> Matrix:
-    """``P^pi[(s,a), (s2,a2)] = P(s2|s,a) pi(a2|s2)``, (S*A, S*A); dense when small, else CSR."""
-    S, A = mdp.n_states, mdp.n_actions
-    # Pi[s2, s2*A + a2] = pi(a2|s2): P^pi = P_flat @ Pi.
-    Pi = sp.csr_array((pi.ravel(), np.arange(S * A), np.arange(0, S * A + 1, A)), shape=(S, S * A))
-    P_flat = mdp.P_flat
-    if S * A <= DENSE_MAX_PAIRS:
-        dense = P_flat.toarray() if sp.issparse(P_flat) else np.asarray(P_flat)
-        return dense @ Pi.toarray()
-    return sp.csr_array(sp.csr_array(P_flat) @ Pi)
-
-
-def _softmax_jacobian_blocks(emp: EmpiricalMDP, q: np.ndarray, temperature: float) -> np.ndarray:
-    """d penalty / d Q: per state ``(1/tau) diag(1/b) (diag p - p p^T)`` on seen pairs; (S, A, A)."""
-    A = emp.n_actions
-    p = masked_softmax(q, emp.seen, temperature)
-    inv_b = np.divide(1.0, emp.pi_beta, out=np.zeros_like(p), where=emp.seen)
-    blocks = p[:, :, None] * np.eye(A) - p[:, :, None] * p[:, None, :]
-    return inv_b[:, :, None] * blocks / temperature
+        q = q + t[:, None] * step
+    return np.where(seen, q, y)
 
 
 def cql_h_evaluate(
@@ -480,9 +489,9 @@ def cql_h_evaluate(
         Q = B_hat^pi Q - alpha (softmax(Q/tau)(a|s) / pi_beta_hat(a|s) - 1)   on pairs seen in D,
         Q = B_hat^pi Q                                                        elsewhere,
 
-    which is the fixed point of "Q_{k+1} = argmin of :func:`cql_h_objective` with target
-    B_hat^pi Q_k" (gradient of Eq. 4 set to zero; the log-sum-exp is Eq. 3's max over mu with an
-    entropy regulariser, and its gradient is the softmax).
+    the fixed point of "Q_{k+1} = argmin of :func:`cql_h_objective` with target B_hat^pi Q_k"
+    (gradient of Eq. 4 set to zero; the log-sum-exp is Eq. 3's max over mu with an entropy
+    regulariser, and its gradient is the softmax).
 
     Support. The log-sum-exp runs over A_D(s), the actions taken at s in D. Over *all* actions, an
     action never taken at s would feel the gradient ``alpha d(s) softmax(a|s) > 0`` with no TD
@@ -491,20 +500,23 @@ def cql_h_evaluate(
     unseen pairs to the empirical MDP's pessimistic convention. With full coverage the two agree.
 
     Existence, uniqueness, convergence. Let ``G_s(x) = x + alpha (softmax(x/tau)/b - 1)`` on
-    R^{A_D(s)}. Its Jacobian is ``I - L`` with ``L = -(alpha/tau) diag(1/b) (diag p - p p^T)``,
-    which has non-negative off-diagonal entries and zero row sums (a rate matrix), so
-    ``(I - L)^{-1}`` is a stochastic matrix: G_s^{-1} (the per-iteration argmin,
-    :func:`cql_h_argmin`) is 1-Lipschitz in the sup norm. The exact per-iteration update is then
-    ``G^{-1} o B_hat^pi``, a gamma-contraction: the stationary point exists, is unique, and is
-    found from any start. The same argument bounds the Newton Jacobian
-    ``J = I - gamma P^pi - L`` by ``|J^{-1}|_inf <= 1/(1 - gamma)``, for any alpha and pi_beta_hat.
-    (The explicit iteration ``Q <- B Q - alpha (p/b - 1)`` is *not* a contraction when
-    ``alpha/(tau b)`` is large, which is why it is not used.)
+    R^{A_D(s)}. Its Jacobian ``I + (alpha/tau) diag(1/b)(diag p - p p^T)`` has a stochastic
+    inverse K_s (:class:`_Resolvent`), so G_s^{-1} (the per-iteration argmin,
+    :func:`cql_h_argmin`) is 1-Lipschitz in the sup norm and the exact per-iteration update
+    ``G^{-1} o B_hat^pi`` is a gamma-contraction: the stationary point exists, is unique, and
+    is reached from any start, for every alpha >= 0, tau > 0 and pi_beta_hat. (The explicit update
+    ``Q <- B Q - alpha (p/b - 1)`` is *not* a contraction when ``alpha/(tau b)`` is large.)
 
-    Method: Newton's method on ``F(Q) = 0`` (:func:`cql_h_residual`) with the block-diagonal
-    softmax Jacobian, globalised by Armijo backtracking on ``|F|_2^2``; if a line search fails,
-    one exact per-iteration step (a guaranteed contraction) is taken instead. Starts at ``q0``
-    or at the empirical ``Q_hat^pi`` (the alpha = 0 solution).
+    Method: Newton's method on ``F(Q) = 0`` (:func:`cql_h_residual`), globalised by Armijo
+    backtracking on ``|F|_2^2``. The Newton system ``(I + L - gamma P^pi) dQ = -F`` (L the
+    block-diagonal softmax term) reduces to |S| unknowns: with ``w = sum_a pi dQ``,
+
+        dQ = K (-F + gamma P w),   w = (I - gamma P_{pi K})^{-1} (pi K)(-F),
+
+    i.e. ``dQ = K solve_discounted(mdp_hat, pi K, -F)`` where ``pi K`` is a policy (K stochastic).
+    Hence also ``|J^{-1}|_inf <= 1/(1 - gamma)``. If a line search fails, one exact
+    per-iteration step (a guaranteed contraction) is taken instead. Starts at ``q0`` or at the
+    empirical ``Q_hat^pi`` (the alpha = 0 solution).
 
     Args:
         emp: the empirical MDP of D.
@@ -512,7 +524,8 @@ def cql_h_evaluate(
         alpha: penalty weight, >= 0.
         temperature: tau > 0 of the log-sum-exp (``tau log sum exp(Q/tau)``).
         q0: starting point, (S, A).
-        tol: stop when ``max |F(Q)| <= tol``.
+        tol: stop when ``max |F(Q)| <= tol`` (or at the rounding floor of F, if that is higher:
+            ``eps |Q| |dF/dQ|``, which matters only for extreme ``alpha/(tau pi_beta_hat)``).
         max_iter: Newton steps before giving up with :class:`RuntimeError`.
     """
     alpha = _check_alpha(alpha)
@@ -520,7 +533,6 @@ def cql_h_evaluate(
     S, A = emp.n_states, emp.n_actions
     pi = validate_policy(pi, S, A, "pi")
     q = policy_evaluation(emp.mdp, pi) if q0 is None else _check_table(q0, (S, A), "q0").copy()
-    n = S * A
 
     def resid(x: np.ndarray) -> np.ndarray:
         return cql_h_residual(emp, pi, x, alpha, temperature)
@@ -529,21 +541,10 @@ def cql_h_evaluate(
     res = float(np.max(np.abs(F)))
     iterations = 0
     if alpha > 0 and res > tol:
-        P_pi = _pair_transition(emp.mdp, pi)
-        dense = not sp.issparse(P_pi)
-        base = (np.eye(n) - emp.gamma * P_pi) if dense else sp.eye_array(n) - emp.gamma * P_pi
         for _ in range(max_iter):
             iterations += 1
-            blocks = alpha * _softmax_jacobian_blocks(emp, q, temperature)
-            if dense:
-                J = base.copy()
-                idx = np.arange(S)[:, None, None] * A
-                J[idx + np.arange(A)[None, :, None], idx + np.arange(A)[None, None, :]] += blocks
-                dq = np.linalg.solve(J, -F.ravel())
-            else:
-                Jb = sp.bsr_array((blocks, np.arange(S), np.arange(S + 1)), shape=(n, n))
-                dq = spla.spsolve(sp.csc_array(base + Jb), -F.ravel())
-            dq = np.asarray(dq).reshape(S, A)
+            K = _Resolvent.at(emp, q, alpha, temperature)
+            dq = K.apply(solve_discounted(emp.mdp, K.left(pi), -F))
             merit = float(np.sum(F**2))
             t = 1.0
             accepted = False
@@ -555,16 +556,18 @@ def cql_h_evaluate(
                     break
                 t /= 2
             if accepted:
-                q = q + t * dq
+                q_next = q + t * dq
             else:
-                q = cql_h_argmin(emp, bellman(emp.mdp, q, pi), alpha, temperature, q0=q)
-            F = resid(q)
-            new_res = float(np.max(np.abs(F)))
-            if new_res <= tol or (not accepted and new_res >= res):
-                res = new_res
+                q_next = cql_h_argmin(emp, bellman(emp.mdp, q, pi), alpha, temperature, q0=q)
+            F_next = resid(q_next)
+            res_next = float(np.max(np.abs(F_next)))
+            if not accepted and res_next >= res:
+                break  # no progress left: q is as good as the arithmetic allows
+            q, F, res = q_next, F_next, res_next
+            if res <= tol:
                 break
-            res = new_res
-        if not (res <= tol or res <= _round_off(q, alpha)):
+        floor = _round_off(q, emp.gamma, _Resolvent.at(emp, q, alpha, temperature).x)
+        if res > max(tol, floor):
             raise RuntimeError(
                 f"CQL(H) Newton did not converge: max |F| = {res:.3g} > tol = {tol:.3g} after "
                 f"{iterations} steps (alpha = {alpha}, temperature = {temperature})"
@@ -582,9 +585,12 @@ def cql_h_evaluate(
     )
 
 
-def _round_off(q: np.ndarray, alpha: float) -> float:
-    # The residual cannot go below the rounding error of its largest terms.
-    return 64 * np.finfo(float).eps * (1.0 + float(np.max(np.abs(q))) + alpha)
+def _round_off(q: np.ndarray, gamma: float, x: np.ndarray) -> float:
+    # F cannot be evaluated more accurately than (rounding error of Q) x |dF/dQ|_inf, and
+    # |dF/dQ|_inf <= 1 + gamma + 2 max x (x = alpha p/(tau b)): with alpha/(tau pi_beta_hat)
+    # large that floor can exceed a fixed tolerance.
+    jac_norm = 1.0 + gamma + 2.0 * float(np.max(x, initial=0.0))
+    return 64 * np.finfo(float).eps * (1.0 + float(np.max(np.abs(q), initial=0.0))) * jac_norm
 
 
 @dataclass(frozen=True, eq=False)
