@@ -8,11 +8,16 @@ From a dataset D = {(s, a, r, s')} (CQL paper, Section 2):
 
 Convention for what D does not cover (documented once, used everywhere):
 
-* A pair (s, a) with n(s, a) = 0 is *absorbing* in T_hat (a self-loop) with reward
-  ``unseen_reward``, by default ``-r_max`` (``r_max`` = the largest |reward| in D unless given).
-  Its value is then -r_max / (1 - gamma), the lowest any policy can get, so the empirical MDP
-  never *over*-estimates because of a pair it has not seen. This matters because T_hat can
-  lead to a next state that never was a current state in D.
+* A pair (s, a) with n(s, a) = 0 is *absorbing* in T_hat (a self-loop back to s) with reward
+  ``unseen_reward``, by default ``-r_max`` (``r_max`` = the largest |reward| in D unless given),
+  so ``Q_hat(s, a) = -r_max + gamma V_hat(s)``.
+  At a state that is not in D every action is unseen, so the state keeps itself for ever and
+  ``V_hat(s) = -r_max / (1 - gamma)`` under every policy, the lowest value possible: a T_hat
+  that leads to a next state which never was a current state in D (the coverage gap) cannot
+  make the empirical MDP *over*-estimate. At a state in D, an unseen action is worth
+  ``-r_max / (1 - gamma)`` only for a policy that keeps taking it; a policy within the support
+  of pi_beta_hat (see :meth:`EmpiricalMDP.check_support`) never takes it, so its values do
+  not depend on the convention there.
 * A state with n(s) = 0 has no behaviour policy; ``pi_beta[s]`` is set to uniform as a
   placeholder and ``seen_states[s]`` is False. Checks "for all s in D" use ``seen_states``.
 """
