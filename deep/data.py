@@ -88,8 +88,10 @@ class OfflineDataset:
     trajectory stops without a terminal (a time limit, or the end of the recorded data), so the
     next row starts another episode. ``env_id`` names the gymnasium environment used to
     evaluate policies trained on it; ``name`` is the dataset's name (used to look up reference
-    scores). ``action_low`` / ``action_high`` (act_dim,) are the action-space bounds where
-    known (None: the usual [-1, 1] of D4RL's MuJoCo tasks).
+    scores). ``action_low`` / ``action_high`` (act_dim,) bound the *stored* continuous actions
+    where known. The project's convention is [-1, 1] (a tanh actor's range; D4RL's MuJoCo
+    tasks already act there, Minari actions are rescaled on loading, and ``deep.envs.make_env``
+    rescales back to the environment's units).
 
     :func:`validate_dataset` checks all of this and returns the canonical dtypes;
     :func:`load_dataset` always does.
@@ -539,6 +541,7 @@ class _LoadOptions:
     check_action_bounds: bool
     max_episode_steps: int | None
     layout: str
+    rescale_actions: bool
 
 
 @dataclass(frozen=True)
@@ -658,10 +661,12 @@ def _load_npz(path: Path, opts: _LoadOptions) -> OfflineDataset:
 def _load_minari(dataset_id: str, opts: _LoadOptions) -> OfflineDataset:
     """Transitions ``(o[t], a[t], r[t], o[t+1], terminations[t])`` of every episode.
 
-    ``truncations[t]`` becomes ``timeouts``. Episodes are concatenated in the dataset's order;
-    the env id is the id of the dataset's ``env_spec`` (None when the dataset has none).
-    Continuous actions are checked against the dataset's Box action space unless bounds are
-    given.
+    ``timeouts[t] = truncations[t] and not terminations[t]``. Episodes are concatenated in the
+    dataset's order; the env id is the id of the dataset's ``env_spec`` (None when it has
+    none). Continuous actions are checked against the dataset's Box action space (or the given
+    bounds) in the environment's units, then, with ``rescale_actions``, mapped to the agent's
+    convention ``a = 2 (u - low) / (high - low) - 1`` in [-1, 1] (the inverse of the
+    ``RescaleAction`` wrapper that ``deep.envs.make_env`` puts on such environments).
     """
     try:
         import minari
@@ -739,7 +744,7 @@ def _load_minari(dataset_id: str, opts: _LoadOptions) -> OfflineDataset:
             "rewards": np.concatenate(parts["rewards"]),
             "next_observations": np.concatenate(parts["next"]),
             "terminals": np.concatenate(parts["term"]),
-            "timeouts": np.concatenate(parts["trunc"]),
+            "timeouts": np.concatenate(parts["trunc"]) & ~np.concatenate(parts["term"]),
         },
         keys=TRANSITION_KEYS,
         flag_keys=("terminals", "timeouts"),
@@ -750,10 +755,25 @@ def _load_minari(dataset_id: str, opts: _LoadOptions) -> OfflineDataset:
         where=where,
         source=f"minari:{dataset_id}",
     )
+    actions = checked["actions"]
+    if not discrete and opts.rescale_actions:
+        assert low is not None and high is not None
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
+            raise DatasetError(
+                f"minari:{dataset_id}: cannot rescale actions to [-1, 1] with bounds "
+                f"low={low}, high={high}; pass rescale_actions=False to keep them as stored"
+            )
+        if not (np.all(low == -1.0) and np.all(high == 1.0)):
+            scaled = (
+                2.0 * (actions.astype(np.float64) - low) / (high.astype(np.float64) - low) - 1.0
+            )
+            actions = scaled.astype(np.float32)
+            dims = low.shape[0]
+            low, high = _box(-1.0, dims), _box(1.0, dims)
     spec = md.env_spec
     return OfflineDataset(
         observations=checked["observations"],
-        actions=checked["actions"],
+        actions=actions,
         rewards=checked["rewards"],
         next_observations=checked["next_observations"],
         terminals=checked["terminals"],
@@ -805,6 +825,7 @@ def load_dataset(
     check_action_bounds: bool = True,
     max_episode_steps: int | None = None,
     layout: Literal["auto", "d4rl", "transitions"] = "auto",
+    rescale_actions: bool = True,
 ) -> OfflineDataset:
     """Load and validate a dataset from a spec (see :data:`SPEC_FORMS`).
 
@@ -826,6 +847,9 @@ def load_dataset(
         layout: for ``.npz``: ``"d4rl"`` (rows are steps) or ``"transitions"`` (rows are
             transitions with ``next_observations``); ``"auto"`` picks transitions when the
             file has ``next_observations``. HDF5 files are always read as D4RL.
+        rescale_actions: for ``minari:`` with a Box action space other than [-1, 1]: map the
+            actions to [-1, 1], the convention of the agents and of ``deep.envs.make_env``
+            (default); False keeps the environment's units.
 
     Raises:
         DatasetError: a file with missing keys, unequal lengths, non-finite values, wrong
@@ -844,6 +868,7 @@ def load_dataset(
         check_action_bounds,
         max_episode_steps,
         layout,
+        rescale_actions,
     )
     text = os.fspath(spec)
     if text.startswith("minari:"):
@@ -1168,7 +1193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("path")
     args = parser.parse_args(argv)
 
-    dataset = load_dataset(args.spec)
+    try:
+        dataset = load_dataset(args.spec)
+    except (DatasetError, FileNotFoundError, KeyError, ModuleNotFoundError, ValueError) as e:
+        # A bad spec or file is a usage error: say what is wrong, without a traceback.
+        parser.exit(2, f"error: {e.args[0] if e.args else e}\n")
     if args.command == "info":
         print(describe(dataset))
         return 0

@@ -563,13 +563,19 @@ def test_minari_continuous(minari_store: dict, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_store["store"]))
     ds = load_dataset("minari:test/pendulum/random-v0")
     exp = concat_transitions(minari_store["pendulum"])
-    exp["actions"] = exp["actions"].astype(np.float32)
+    torque = exp["actions"].astype(np.float32)
+    # Pendulum's torque u lies in [-2, 2]; stored actions a = 2 (u + 2) / 4 - 1 = u / 2.
+    exp["actions"] = torque / 2
     assert_same_transitions(ds, exp)
     assert ds.timeouts is not None
-    np.testing.assert_array_equal(ds.timeouts, exp["timeouts"])
+    np.testing.assert_array_equal(ds.timeouts, exp["timeouts"] & ~exp["terminals"])
     assert len(ds) == 45 and int(ds.terminals.sum()) == 1 and int(ds.timeouts.sum()) == 2
     assert (ds.env_id, ds.name, ds.discrete) == ("Pendulum-v1", "test/pendulum/random-v0", False)
-    np.testing.assert_array_equal(ds.action_low, [-2.0])  # Pendulum's torque bound
+    np.testing.assert_array_equal(ds.action_high, [1.0])
+
+    raw_units = load_dataset("minari:test/pendulum/random-v0", rescale_actions=False)
+    np.testing.assert_array_equal(raw_units.actions, torque)
+    np.testing.assert_array_equal(raw_units.action_low, [-2.0])
 
 
 def test_minari_discrete(minari_store: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -730,4 +736,9 @@ def test_cli_export_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         check=True,
     )
     assert "transitions: 9" in proc.stdout
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", str(tmp_path / "table.csv")])
+    assert exit_info.value.code == 2
+    assert "unsupported suffix '.csv'" in capsys.readouterr().err
     assert "name: hopper-medium-v2" in proc.stdout and "env_id: Hopper-v5" in proc.stdout
