@@ -132,9 +132,19 @@ def test_unseen_pairs_follow_the_absorbing_convention() -> None:
         np.testing.assert_allclose(q[1, 1], -2.0 + 0.9 * v1, rtol=1e-12)
         assert np.all(q >= -20.0 - 1e-9)
     np.testing.assert_allclose(policy_evaluation(emp.mdp, off_support)[1, 1], -20.0, rtol=1e-12)
-    # On the support, state 1 takes action 0: Q_hat(1, 0) = 0.5 + 0.9 (T_hat(.|1, 0) . V_hat)
-    # with T_hat(.|1, 0) = (1/4, 1/4, 1/2), so Q_hat(1, 1) is well above -20.
-    assert policy_evaluation(emp.mdp, on_support)[1, 1] > -20.0 + 1.0
+    # On the support, by hand: V2 = -20, Q(0, 1) = -1.25 + 0.9 V2 = -19.25, and
+    #   V1 = Q(1, 0) = 0.5 + 0.9 (V0/4 + V1/4 + V2/2)           => 0.775 V1 - 0.225 V0 = -8.5
+    #   V0 = (Q(0, 0) + Q(0, 1)) / 2, Q(0, 0) = 1 + 0.9 (V0/4 + 3 V1/4)
+    #                                                           => 0.8875 V0 - 0.3375 V1 = -9.125
+    # Cramer: det = 0.8875 * 0.775 - 0.3375 * 0.225 = 0.611875,
+    # V0 = (-9.125 * 0.775 - 0.3375 * 8.5) / det, V1 = (-8.5 * 0.8875 - 0.225 * 9.125) / det,
+    # so Q_hat(1, 1) = -2 + 0.9 V1 = -16.116, well above -20.
+    det = 0.8875 * 0.775 - 0.3375 * 0.225
+    v0 = (-9.125 * 0.775 - 0.3375 * 8.5) / det
+    v1 = (-8.5 * 0.8875 - 0.225 * 9.125) / det
+    q = policy_evaluation(emp.mdp, on_support)
+    expected = [[1 + 0.9 * (v0 / 4 + 3 * v1 / 4), -19.25], [v1, -2 + 0.9 * v1], [-20.0, -20.0]]
+    np.testing.assert_allclose(q, expected, rtol=1e-12)
 
 
 def test_empty_dataset_is_all_unseen() -> None:
