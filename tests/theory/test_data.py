@@ -57,8 +57,12 @@ HAND_SEEN = np.array([[True, True], [True, False], [False, False]])
 HAND_SEEN_STATES = np.array([True, True, False])
 
 
-def _hand_empirical(**kwargs: object) -> EmpiricalMDP:
-    return EmpiricalMDP.from_transitions(3, 2, HAND_S, HAND_A, HAND_R, HAND_S2, 0.9, **kwargs)  # type: ignore[arg-type]
+def _hand_empirical(
+    *, unseen_reward: float | None = None, r_max: float | None = None
+) -> EmpiricalMDP:
+    return EmpiricalMDP.from_transitions(
+        3, 2, HAND_S, HAND_A, HAND_R, HAND_S2, 0.9, unseen_reward=unseen_reward, r_max=r_max
+    )
 
 
 def _check_hand_tables(emp: EmpiricalMDP) -> None:
