@@ -417,7 +417,7 @@ def cql_h_argmin(
     temperature: float = 1.0,
     q0: np.ndarray | None = None,
     tol: float = 1e-13,
-    max_iter: int = 200,
+    max_iter: int = 100,
 ) -> np.ndarray:
     """Exact minimiser of the per-iteration CQL(H) objective :func:`cql_h_objective`.
 
@@ -428,11 +428,14 @@ def cql_h_argmin(
         grad     = b (Q - y) + alpha (p - b),
         Hessian  = diag(b) + (alpha/tau) (diag(p) - p p^T)   (positive definite on A_D(s)),
 
-    so the minimiser solves ``Q + alpha (p/b - 1) = y``. Damped Newton steps (Armijo
-    backtracking on phi_s) converge globally on this strictly convex smooth function; the Newton
-    step ``-Hessian^{-1} grad = -K (grad/b)`` uses the closed-form :class:`_Resolvent`. Unseen
-    pairs and states not in D have a flat objective; they take ``y`` (the empirical backup, as in
-    :func:`cql_iterate`). Shapes: target (S, A) -> (S, A).
+    so the minimiser is the unique root of ``g(Q) = Q - y + alpha (p/b - 1)`` (= grad/b).
+    Newton's method on g: the step ``-K g`` uses the closed-form stochastic inverse K of
+    ``dg/dQ`` (:class:`_Resolvent`), and Armijo backtracking on ``|g_s|_2^2`` per state makes it
+    globally convergent (``|K|_inf = 1`` bounds the inverse Jacobian). Backtracking on phi_s
+    itself would stall near the minimum, where phi_s changes by less than its rounding error.
+    Unseen pairs and states not in D have a flat objective; they take ``y`` (the empirical
+    backup, as in :func:`cql_iterate`). Stops when ``max |g| <= tol max(1, |Q|)`` or at the
+    rounding floor of g. Shapes: target (S, A) -> (S, A).
     """
     alpha = _check_alpha(alpha)
     temperature = _check_temperature(temperature)
@@ -441,35 +444,37 @@ def cql_h_argmin(
     if alpha == 0 or not emp.seen.any():
         return y.copy()
     seen = emp.seen
-    b = emp.pi_beta
-    inv_b = np.divide(1.0, b, out=np.zeros_like(b), where=seen)
+    inv_b = np.divide(1.0, emp.pi_beta, out=np.zeros_like(emp.pi_beta), where=seen)
     q = y.copy() if q0 is None else _check_table(q0, (S, A), "q0").copy()
     q = np.where(seen, q, y)
-    w = emp.state_counts / max(1, int(emp.state_counts.sum()))
 
-    def phi(x: np.ndarray) -> np.ndarray:
-        # Per state; states without data contribute 0 (b = 0 and an empty log-sum-exp).
-        return 0.5 * np.sum(b * (x - y) ** 2, axis=1) + alpha * (
-            masked_logsumexp(x, seen, temperature) - np.sum(b * x, axis=1)
-        )
+    def residual(x: np.ndarray) -> np.ndarray:
+        p = masked_softmax(x, seen, temperature)
+        return np.where(seen, x - y + alpha * (p * inv_b - 1.0), 0.0)
 
+    g = residual(q)
     for _ in range(max_iter):
-        res = _Resolvent.at(emp, q, alpha, temperature)
-        # grad/b: the per-pair stationarity residual, 0 on unseen pairs.
-        g = np.where(seen, q - y + alpha * (res.p * inv_b - 1.0), 0.0)
-        if np.max(np.abs(g)) <= tol * max(1.0, float(np.max(np.abs(q)))):
+        K = _Resolvent.at(emp, q, alpha, temperature)
+        scale = max(1.0, float(np.max(np.abs(q))))
+        if np.max(np.abs(g)) <= max(tol * scale, _round_off(q, 0.0, K.x)):
             break
-        step = -res.apply(g)
-        f0 = phi(q)
-        slope = np.sum(b * g * step, axis=1)
+        step = -K.apply(g)
+        merit = np.sum(g**2, axis=1)
         t = np.ones(S)
+        active = merit > 0
         for _ in range(60):
-            f1 = phi(q + t[:, None] * step)
-            bad = (f1 > f0 + 1e-4 * t * slope + 1e-15 * np.abs(f0)) & (w > 0)
+            g_new = residual(q + t[:, None] * step)
+            bad = active & (np.sum(g_new**2, axis=1) > (1.0 - 2e-4 * t) * merit)
             if not bad.any():
                 break
             t = np.where(bad, t / 2, t)
+        if bad.any():
+            # Rounding has the last word on some state: keep the states that made progress.
+            t = np.where(bad, 0.0, t)
+            if not np.any(t[active] > 0):
+                break
         q = q + t[:, None] * step
+        g = residual(q)
     return np.where(seen, q, y)
 
 
@@ -532,7 +537,10 @@ def cql_h_evaluate(
     temperature = _check_temperature(temperature)
     S, A = emp.n_states, emp.n_actions
     pi = validate_policy(pi, S, A, "pi")
-    q = policy_evaluation(emp.mdp, pi) if q0 is None else _check_table(q0, (S, A), "q0").copy()
+    if q0 is not None:
+        q0 = _check_table(q0, (S, A), "q0")
+    # alpha = 0 is plain policy evaluation: solved exactly, whatever the start.
+    q = policy_evaluation(emp.mdp, pi) if q0 is None or alpha == 0 else q0.copy()
 
     def resid(x: np.ndarray) -> np.ndarray:
         return cql_h_residual(emp, pi, x, alpha, temperature)
