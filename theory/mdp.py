@@ -254,9 +254,10 @@ def solve_discounted(
             P_pi_sparse = sp.csr_array(policy_transition(mdp, pi))
         else:
             P_pi_sparse = sp.csr_array(np.einsum("sat,sa->st", mdp.P, pi))
-        M = sp.csc_array(sp.eye_array(S, format="csc") - mdp.gamma * P_pi_sparse)
+        M = sp.csr_array(sp.eye_array(S, format="csr") - mdp.gamma * P_pi_sparse)
         if method == "direct":
-            v = np.asarray(spla.spsolve(M, r_pi), dtype=float)
+            # SuperLU factorises CSC; GMRES only needs products, for which CSR is as fast.
+            v = np.asarray(spla.spsolve(sp.csc_array(M), r_pi), dtype=float)
         else:
             v = _gmres(M, r_pi, mdp.gamma)
     return r + mdp.gamma * mdp.expected_next(v)
@@ -277,7 +278,7 @@ def auto_method(mdp: TabularMDP) -> SolveMethod:
     return "dense"
 
 
-def _gmres(M: sp.csc_array, b: np.ndarray, gamma: float) -> np.ndarray:
+def _gmres(M: sp.csr_array, b: np.ndarray, gamma: float) -> np.ndarray:
     # I - gamma P_pi is strictly diagonally dominant, so GMRES converges; the residual is checked
     # below rather than trusted, and a failure raises instead of returning a poor solution.
     x, info = spla.gmres(M, b, rtol=1e-13, atol=0.0, restart=100, maxiter=2000)
