@@ -1,0 +1,452 @@
+"""Tests of the training product: deep.train, deep.evaluate, deep.checkpoint, deep.plots.
+
+Every run here is tiny: 1,000-transition datasets written to .npz by the built-in generators,
+16-unit networks, a handful of steps, one or two evaluation episodes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from deep import checkpoint as ckpt_mod
+from deep import evaluate, train
+from deep.data import save_npz
+from deep.envs import generate_builtin
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small pendulum (continuous) and cartpole (discrete) datasets as .npz files."""
+    folder = tmp_path_factory.mktemp("data")
+    return {
+        "pendulum": save_npz(
+            generate_builtin("pendulum-medium", n_transitions=1000), folder / "pendulum.npz"
+        ),
+        "cartpole": save_npz(
+            generate_builtin("cartpole-medium", n_transitions=1000), folder / "cartpole.npz"
+        ),
+    }
+
+
+def tiny_config(dataset: Path, out: Path, **kw: Any) -> train.TrainConfig:
+    base = train.TrainConfig(
+        dataset=str(dataset),
+        out=str(out),
+        steps=6,
+        batch_size=16,
+        log_every=2,
+        eval_every=6,
+        eval_episodes=1,
+        hidden_dims=(16, 16),
+        device="cpu",
+        progress=False,
+        tensorboard=False,
+        plots=False,
+    )
+    return replace(base, **kw)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------ smoke runs
+
+ALGO_DATA = [
+    ("cql", "pendulum"),
+    ("cql-lagrange", "pendulum"),
+    ("cql-rho", "pendulum"),
+    ("sac", "pendulum"),
+    ("bc", "pendulum"),
+    ("discrete-cql", "cartpole"),
+]
+
+
+@pytest.mark.parametrize(("algo", "data"), ALGO_DATA)
+def test_every_algo_trains_logs_evaluates_and_checkpoints(
+    algo: str, data: str, datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / algo
+    summary = train.run(tiny_config(datasets[data], out, algo=algo))
+
+    for key in ("algo", "dataset", "steps", "seed", "normalized_score", "return_mean"):
+        assert key in summary
+    for key in ("return_std", "q_estimate_mean", "mc_return_mean", "steps_per_second"):
+        assert key in summary
+    assert summary["algo"] == algo and summary["steps"] == 6
+    assert math.isfinite(summary["return_mean"]) and math.isfinite(summary["mc_return_mean"])
+    assert math.isfinite(summary["normalized_score"])
+    assert summary["steps_per_second"] > 0
+    # BC has no critic, so it has no Q estimate; every other agent must report one.
+    assert math.isfinite(summary["q_estimate_mean"]) == (algo != "bc")
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["return_mean"] == summary["return_mean"]
+
+    rows = read_rows(out / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    assert rows[-1]["eval/return_mean"] != "" and rows[0]["eval/return_mean"] == ""
+    assert float(rows[-1]["eval/return_mean"]) == summary["return_mean"]
+    assert "loss/policy" in rows[0] or algo == "discrete-cql"
+    assert ("loss/q1" in rows[0]) == (algo != "bc")
+    if algo.startswith("cql") or algo == "discrete-cql":
+        assert "loss/cql" in rows[0]
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["algo"] == algo
+    widths = [v for k, v in config["agent"].items() if k.endswith("hidden")]
+    assert widths and all(w == [16, 16] for w in widths)
+
+    # The final checkpoint loads with weights_only (load_checkpoint uses it) and is finite.
+    ckpt = ckpt_mod.load_checkpoint(out)
+    assert ckpt["step"] == 6 and len(ckpt["rows"]) == 3
+    assert train.first_nonfinite_tensor(ckpt["agent"]) is None
+    torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+def test_console_entry_writes_tensorboard_and_plots(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = [
+        "--algo", "cql", "--dataset", str(datasets["pendulum"]), "--out", str(out),
+        "--steps", "4", "--batch-size", "16", "--log-every", "2", "--eval-every", "4",
+        "--eval-episodes", "1", "--hidden-dims", "16", "16", "--device", "cpu",
+        "--no-progress", "--cql-weight", "2.5", "--agent-set", "max_q_backup=true",
+    ]  # fmt: skip
+    assert train.main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["agent"]["cql_weight"] == 2.5 and config["agent"]["max_q_backup"] is True
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    png = out / "learning_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------ config errors
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"algo": "sac", "cql_weight": 3.0}, "--cql-weight does not apply to --algo sac"),
+        ({"algo": "bc", "critic_lr": 1e-3}, "--critic-lr does not apply to --algo bc"),
+        ({"agent_set": ("no_such_field=1",)}, "has no field 'no_such_field'"),
+        ({"agent_set": ("missing_equals",)}, "--agent-set expects KEY=VALUE"),
+        ({"checkpoint_every": 3}, "multiple of --log-every"),
+        ({"steps": 0}, "--steps must be >= 1"),
+        ({"algo": "discrete-cql"}, "needs discrete actions"),
+    ],
+)
+def test_bad_options_are_named(
+    overrides: dict[str, Any], message: str, datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train.run(tiny_config(datasets["pendulum"], tmp_path / "run", **overrides))
+
+
+def test_continuous_algo_on_discrete_data_is_refused(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="needs continuous actions"):
+        train.run(tiny_config(datasets["cartpole"], tmp_path / "run", algo="cql"))
+
+
+def test_existing_run_is_not_overwritten(datasets: dict[str, Path], tmp_path: Path) -> None:
+    config = tiny_config(datasets["pendulum"], tmp_path / "run", algo="bc", steps=2)
+    train.run(config)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train.run(config)
+
+
+def test_critic_and_actor_lr_map_onto_single_network_agents() -> None:
+    # discrete-cql's one optimiser trains its Q-network, bc's trains its policy.
+    cql = train.make_agent_config(train.TrainConfig(algo="discrete-cql", critic_lr=1e-3), True)
+    bc = train.make_agent_config(train.TrainConfig(algo="bc", actor_lr=2e-3), False)
+    sac = train.make_agent_config(
+        train.TrainConfig(algo="sac", actor_lr=2e-3, critic_lr=1e-3), False
+    )
+    assert cql.lr == 1e-3 and bc.lr == 2e-3
+    assert (sac.actor_lr, sac.critic_lr) == (2e-3, 1e-3)
+    with pytest.raises(ValueError, match="--actor-lr does not apply to --algo discrete-cql"):
+        train.make_agent_config(train.TrainConfig(algo="discrete-cql", actor_lr=1e-3), True)
+
+
+# ------------------------------------------------------------------------- metric buffer
+
+
+def test_metric_buffer_averages_and_names_first_nonfinite_step() -> None:
+    buf = train.MetricBuffer()
+    buf.append(1, {"loss/a": torch.tensor(1.0), "loss/b": torch.tensor(10.0)})
+    buf.append(2, {"loss/a": torch.tensor(3.0), "loss/b": torch.tensor(20.0)})
+    buf.append(3, {"loss/a": torch.tensor(8.0)})  # a step with fewer keys
+    # loss/a: (1 + 3 + 8) / 3 = 4; loss/b: (10 + 20) / 2 = 15.
+    assert buf.flush() == {"loss/a": 4.0, "loss/b": 15.0}
+    assert len(buf) == 0
+
+    buf.append(4, {"loss/a": torch.tensor(1.0), "loss/b": torch.tensor(2.0)})
+    buf.append(5, {"loss/a": torch.tensor(1.0), "loss/b": torch.tensor(float("inf"))})
+    buf.append(6, {"loss/a": torch.tensor(float("nan")), "loss/b": torch.tensor(2.0)})
+    with pytest.raises(train.NonFiniteError, match=r"'loss/b' became inf at step 5"):
+        buf.flush()
+
+
+def test_eval_seed_depends_on_seed_and_step_only() -> None:
+    assert train.eval_seed(0, 100) == train.eval_seed(0, 100)
+    seeds = {train.eval_seed(s, t) for s in range(3) for t in (100, 200, 300)}
+    assert len(seeds) == 9
+    assert all(0 <= s < 2**31 for s in seeds)
+
+
+# --------------------------------------------------------------------- non-finite stops
+
+
+class _Poison:
+    """Wraps an agent: from step ``at`` on, its reported loss/q1 is NaN (``where="metric"``),
+    or right after update ``at`` its actor weights become NaN (``where="state"``); that
+    update's own metrics are still finite, so only the state check can catch it."""
+
+    def __init__(self, agent: Any, at: int, where: str) -> None:
+        self._agent, self._at, self._where = agent, at, where
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._agent, name)
+
+    def update(self, batch: Any) -> dict[str, torch.Tensor]:
+        metrics = self._agent.update(batch)
+        if self._where == "metric" and self._agent.step >= self._at:
+            metrics["loss/q1"] = torch.tensor(float("nan"))
+        elif self._where == "state" and self._agent.step == self._at:
+            with torch.no_grad():
+                next(self._agent.actor.parameters()).fill_(float("nan"))
+        return metrics
+
+
+@pytest.mark.parametrize(
+    ("where", "at", "message"),
+    [
+        ("metric", 7, r"metric 'loss/q1' became nan at step 7\."),
+        ("state", 8, r"state tensor 'agent\.actor\.[\w.]+' is not finite at step 8"),
+    ],
+)
+def test_nonfinite_stops_run_and_keeps_last_good_checkpoint(
+    where: str,
+    at: int,
+    message: str,
+    datasets: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    build = train.build_agent
+
+    def poisoned(*args: Any, **kw: Any) -> Any:
+        agent, config = build(*args, **kw)
+        return _Poison(agent, at=at, where=where), config
+
+    monkeypatch.setattr(train, "build_agent", poisoned)
+    out = tmp_path / "run"
+    config = tiny_config(
+        datasets["pendulum"], out, algo="cql", steps=12, checkpoint_every=4, eval_every=100
+    )
+    with pytest.raises(train.NonFiniteError, match=message) as err:
+        train.run(config)
+    assert "last good checkpoint" in str(err.value) and "step 4" in str(err.value)
+    ckpt = ckpt_mod.load_checkpoint(out)
+    assert ckpt["step"] == 4
+    assert train.first_nonfinite_tensor(ckpt["agent"]) is None
+    assert not (out / "summary.json").exists()
+
+
+def test_huge_reward_scale_stops_with_message(
+    datasets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Rewards of Pendulum are in [-16.3, 0]; scaled by 1e30 the first TD error squared is
+    # ~1e62, beyond float32's 3.4e38, so loss/q1 is inf at step 1.
+    out = tmp_path / "run"
+    args = [
+        "--algo", "sac", "--dataset", str(datasets["pendulum"]), "--out", str(out),
+        "--steps", "6", "--batch-size", "16", "--log-every", "2", "--hidden-dims", "16",
+        "--device", "cpu", "--no-progress", "--no-tensorboard", "--reward-scale", "1e30",
+    ]  # fmt: skip
+    assert train.main(args) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"metric 'loss/q1' became inf at step 1\b", err), err
+    assert ckpt_mod.load_checkpoint(out)["step"] == 0
+
+
+# --------------------------------------------------------------------- foreign checkpoints
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.path,))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes evil.pkl's protocol
+def test_foreign_checkpoints_are_refused_without_running_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sentinel = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": ckpt_mod.FORMAT, "version": 1, "x": _Payload(sentinel)}, evil)
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump(_Payload(sentinel), f)
+    torch.save({"actor": torch.zeros(3)}, tmp_path / "weights.pt")
+    torch.save({"format": ckpt_mod.FORMAT, "version": 999}, tmp_path / "future.pt")
+    (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).bytes(512))
+
+    for name in ("evil.pt", "evil.pkl", "noise.pt"):
+        with pytest.raises(ckpt_mod.CheckpointError, match=r"safe loading .* refused it"):
+            ckpt_mod.load_checkpoint(tmp_path / name)
+    assert not sentinel.exists()
+    with pytest.raises(ckpt_mod.CheckpointError, match="expected format marker"):
+        ckpt_mod.load_checkpoint(tmp_path / "weights.pt")
+    with pytest.raises(ckpt_mod.CheckpointError, match="layout version 999"):
+        ckpt_mod.load_checkpoint(tmp_path / "future.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ckpt_mod.CheckpointError, match="not a readable torch checkpoint"):
+        ckpt_mod.load_checkpoint(tmp_path / "empty.pt")
+
+    # The command lines report the same, as errors, not tracebacks.
+    assert evaluate.main([str(evil)]) == 2
+    assert "not a cql-companion checkpoint" in capsys.readouterr().err
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(evil.read_bytes())
+    assert train.main(["--resume", str(run_dir)]) == 2
+    assert "not a cql-companion checkpoint" in capsys.readouterr().err
+    assert not sentinel.exists()
+
+
+# ------------------------------------------------------------------------ evaluate CLI
+
+
+def test_evaluate_cli_reproduces_the_runs_last_evaluation(
+    datasets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    summary = train.run(tiny_config(datasets["pendulum"], out, algo="cql", eval_episodes=2))
+    assert evaluate.main([str(out / "checkpoint.pt"), "--episodes", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # Same checkpoint, same default seeds (eval_seed(seed, step)): identical numbers.
+    assert result["step"] == 6 and result["seed"] == train.eval_seed(0, 6)
+    assert result["eval/return_mean"] == summary["return_mean"]
+    assert result["eval/q_estimate"] == summary["q_estimate_mean"]
+    assert result["eval/mc_return"] == summary["mc_return_mean"]
+
+    # The Q estimate, recomputed by hand: Pendulum's start states for those seeds straight
+    # from gymnasium, standardised with the checkpoint's statistics, fed to the critic at the
+    # policy's own action.
+    ckpt = ckpt_mod.load_checkpoint(out)
+    config = train.config_from_dict(ckpt["config"])
+    agent, _ = train.build_agent(config, train.DatasetInfo(**ckpt["dataset"]), torch.device("cpu"))
+    agent.load_state_dict(ckpt["agent"])
+    env = gym.make("Pendulum-v1")
+    s0 = np.stack([env.reset(seed=result["seed"] + i)[0] for i in range(2)])
+    mean, std = ckpt["normalizer"]["mean"].numpy(), ckpt["normalizer"]["std"].numpy()
+    x = torch.as_tensor((s0 - mean) / std, dtype=torch.float32)
+    q = agent.q_value(x, agent.act(x, deterministic=True)).mean().item()  # type: ignore[attr-defined]
+    assert q == pytest.approx(result["eval/q_estimate"], rel=1e-5, abs=1e-6)
+
+    # Other seeds give other episodes; the text output names the numbers.
+    assert evaluate.main([str(out), "--episodes", "1", "--seed", "12345"]) == 0
+    text = capsys.readouterr().out
+    assert "1 episodes from seed 12345" in text and "MC return" in text
+
+
+# ------------------------------------------------------------------- kill and resume
+
+
+def _run_cli(args: list[str]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "deep.train", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _last_logged_step(path: Path) -> int:
+    try:
+        lines = path.read_text().strip().splitlines()
+    except FileNotFoundError:
+        return 0
+    return int(lines[-1].split(",")[0]) if len(lines) > 1 else 0
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    steps, ckpt_every = 300, 40
+    common = [
+        "--algo", "cql", "--dataset", str(datasets["pendulum"]), "--steps", str(steps),
+        "--batch-size", "16", "--log-every", "10", "--eval-every", "50",
+        "--checkpoint-every", str(ckpt_every), "--eval-episodes", "1", "--hidden-dims", "16",
+        "--device", "cpu", "--no-progress", "--no-plots", "--seed", "3",
+    ]  # fmt: skip
+    killed = tmp_path / "killed"
+    proc = _run_cli([*common, "--out", str(killed)])
+    deadline = time.monotonic() + 120
+    # Kill once a log row exists past a checkpoint, so metrics.csv is ahead of the checkpoint.
+    while True:
+        logged = _last_logged_step(killed / "metrics.csv")
+        if logged > ckpt_every and logged % ckpt_every:
+            break
+        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr}"
+        assert time.monotonic() < deadline, "run made no progress"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "summary.json").exists()
+    at_kill = ckpt_mod.load_checkpoint(killed)["step"]
+    assert 0 < at_kill < steps
+
+    resumed = _run_cli(["--resume", str(killed)])
+    _, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err.decode()
+
+    reference = tmp_path / "reference"
+    args = [*common, "--out", str(reference)]
+    assert train.main(args) == 0
+
+    # metrics.csv identical byte for byte (so no duplicate rows after the resume) ...
+    assert (killed / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+    steps_logged = [int(r["step"]) for r in read_rows(killed / "metrics.csv")]
+    assert steps_logged == list(range(10, steps + 1, 10))
+    # ... and the same summary, apart from wall-clock throughput.
+    timing = {"steps_per_second", "train_seconds"}
+    a = json.loads((killed / "summary.json").read_text())
+    b = json.loads((reference / "summary.json").read_text())
+    assert {k: v for k, v in a.items() if k not in timing} == {
+        k: v for k, v in b.items() if k not in timing
+    }
+    # The final weights agree too.
+    wa = ckpt_mod.load_checkpoint(killed)["agent"]["critic"]
+    wb = ckpt_mod.load_checkpoint(reference)["agent"]["critic"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wb)
