@@ -501,7 +501,8 @@ def cql_h_evaluate(
 
     the fixed point of "Q_{k+1} = argmin of :func:`cql_h_objective` with target B_hat^pi Q_k"
     (gradient of Eq. 4 set to zero; the log-sum-exp is Eq. 3's max over mu with an entropy
-    regulariser, and its gradient is the softmax).
+    regulariser, and its gradient is the softmax). Equivalently, the result is the CQL(2) fixed
+    point (:func:`cql_evaluate`, ``variant="cql2"``) with ``mu = result.mu``.
 
     Support. The log-sum-exp runs over A_D(s), the actions taken at s in D. Over *all* actions, an
     action never taken at s would feel the gradient ``alpha d(s) softmax(a|s) > 0`` with no TD
@@ -711,6 +712,14 @@ def cql_control(
     ``alpha = 0`` is naive offline policy iteration in the empirical MDP (no conservatism); the
     exact ``Q_hat^{pi_k}`` of the empirical MDP and, if ``mdp`` is given, the true ``Q^{pi_k}``
     are returned alongside for Theorems 3.3, 3.4 (gap expansion) and 3.6 (safe improvement).
+
+    Which improvement gives a lower bound. At its stationary point CQL(H) is CQL(2) with
+    ``mu = softmax(Q_hat/tau)``, so ``V_hat = V_hat^pi - alpha (I - gamma P_hat_pi)^{-1}
+    E_pi[mu/pi_beta_hat - 1]``. The correction is a penalty when pi is close to mu -- soft
+    improvement with ``policy_temperature = temperature``, the setting of Theorem 3.3, makes
+    ``pi = mu`` at convergence under full coverage. A greedy pi that picks the behaviour's
+    common action makes ``E_pi[mu/pi_beta_hat - 1]`` negative there, and V_hat can then exceed
+    even the empirical V_hat^pi (tests/theory/test_cql.py shows both on ``chain_mdp``).
 
     Args:
         emp: the empirical MDP of D.
