@@ -400,7 +400,8 @@ class Theorem31:
 
     with P^pi and Q^pi of the true MDP. Proof: ``Q_hat = B_hat^pi Q_hat - alpha mu/pi_beta_hat
     <= B^pi Q_hat - alpha mu/pi_beta_hat + e`` (``e`` = :func:`bellman_sampling_term`), and
-    ``(I - gamma P^pi)^{-1}`` is monotone.
+    ``(I - gamma P^pi)^{-1}`` is monotone. With no sampling error (B_hat = B) the same steps give
+    the equality ``Q_hat = Q^pi - penalty``, so any alpha > 0 gives ``Q_hat < Q^pi``.
 
     Attributes:
         alpha: the penalty weight.
@@ -712,7 +713,9 @@ class GapExpansionStep:
 
     where ``Q_hat^{k+1} = B_hat^{pi_k} Q_hat^k - alpha_k (mu_k/pi_beta_hat - 1)`` is the CQL update
     (Eqs. 2-3 with mu_k fixed) and ``Q^{k+1} = B^{pi_k} Q^k`` the same backup without the
-    regulariser, ``B`` the backup of ``reference`` (the empirical MDP by default, or the true MDP).
+    regulariser (the paper's "actual" iterate), ``B`` the backup of ``reference`` (the empirical
+    MDP by default, or the true MDP, which adds the sampling error to ``backup_term``). The paper
+    indexes the iterate produced with mu_k by k; here it is k + 1.
 
     Exact form. Since ``E_{pi_beta_hat}[mu/pi_beta_hat - 1] = 0`` and
     ``E_{mu}[mu/pi_beta_hat - 1] = D_CQL(mu, pi_beta_hat)``,
@@ -751,6 +754,7 @@ class GapExpansionStep:
 
     @property
     def expands_everywhere(self) -> bool:
+        """``gap_hat > gap`` on every checked state."""
         return bool(self.expands[self.checked].all())
 
 

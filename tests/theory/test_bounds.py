@@ -1,0 +1,645 @@
+"""Tests of theory.bounds: the CQL lower-bound theorems as computable statements.
+
+Layers: hand-worked constants and a hand-solved bandit (oracles); Theorems 3.1/3.2 as
+statistical statements against a true MDP (failure rate <= delta over 200 datasets); exact
+identities with no sampling error (hypothesis); gap expansion (3.4) checked against an
+independent computation of the CQL update; safe improvement (3.6) with the Eq. 6 optimum; and
+named instances where a theorem's condition fails, with what happens then.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from theory.bounds import (
+    bellman_sampling_term,
+    concentration_constants,
+    concentration_event,
+    d_cql,
+    eq6_objective,
+    eq6_policy,
+    gap_expansion_along_control,
+    gap_expansion_step,
+    hoeffding_constant,
+    l1_deviation_constant,
+    propagate_pairs,
+    safe_policy_improvement,
+    theorem_3_1,
+    theorem_3_2,
+)
+from theory.cql import cql_control, cql_iterate, masked_softmax
+from theory.data import EmpiricalMDP, sample_dataset
+from theory.mdp import (
+    InvalidMDPError,
+    TabularMDP,
+    bellman,
+    random_mdp,
+    random_policy,
+)
+
+R_MAX = 1.0
+DELTA = 0.1
+N_DATASETS = 200
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+def _instance(
+    seed: int, S: int, A: int, n_per_pair: int, gamma: float = 0.9, noise: float = 0.0
+) -> tuple[TabularMDP, np.ndarray, EmpiricalMDP, np.random.Generator]:
+    """A random MDP with rewards in [-R_MAX + noise, R_MAX - noise], a behaviour policy, data."""
+    rng = np.random.default_rng(seed)
+    mdp = random_mdp(S, A, rng, gamma=gamma, reward_range=(-R_MAX + noise, R_MAX - noise))
+    beta = random_policy(S, A, rng, concentration=2.0)
+    data = sample_dataset(mdp, beta, n_per_pair * S * A, rng, reward_noise=noise)
+    return mdp, beta, EmpiricalMDP.from_dataset(data, gamma), rng
+
+
+def _supported_policy(emp: EmpiricalMDP, rng: np.random.Generator) -> np.ndarray:
+    """A random policy with supp within supp pi_beta_hat on the states of D."""
+    p = rng.dirichlet(np.ones(emp.n_actions), size=emp.n_states)
+    p = np.where(emp.seen | ~emp.seen_states[:, None], p, 0.0)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _exact_dataset(
+    counts: np.ndarray, R: np.ndarray, gamma: float
+) -> tuple[TabularMDP, EmpiricalMDP]:
+    """A true MDP and a dataset with n(s,a,s') = counts exactly: T_hat = T, r_hat = r, B_hat = B."""
+    S, A, _ = counts.shape
+    P = counts / counts.sum(axis=2, keepdims=True)
+    flat = counts.ravel()
+    idx = np.repeat(np.arange(flat.size), flat)
+    s, a, s2 = np.unravel_index(idx, counts.shape)
+    emp = EmpiricalMDP.from_transitions(S, A, s, a, R[s, a], s2, gamma, r_max=R_MAX)
+    return TabularMDP(P, R, gamma), emp
+
+
+# --- concentration constants: hand-worked values --------------------------------------------
+
+
+def test_hoeffding_constant_hand_worked() -> None:
+    # delta' = 2 e^{-2}: ln(2/delta') = 2, so C_r = R_max sqrt(2 * 2) = 2 R_max.
+    assert hoeffding_constant(2 * np.exp(-2.0), 3.0) == pytest.approx(6.0, rel=1e-12)
+
+
+def test_l1_constant_hand_worked() -> None:
+    # m = 2 outcomes: 2^m - 2 = 2. delta' = 2 e^{-2}: ln(2/delta') = 2, C_T = sqrt(2 * 2) = 2.
+    assert l1_deviation_constant(2 * np.exp(-2.0), 2) == pytest.approx(2.0, rel=1e-12)
+    # m = 3: 2^3 - 2 = 6; delta' = 6 e^{-8}: C_T = sqrt(2 * 8) = 4.
+    assert l1_deviation_constant(6 * np.exp(-8.0), 3) == pytest.approx(4.0, rel=1e-12)
+    # One outcome: T_hat = T exactly.
+    assert l1_deviation_constant(0.01, 1) == 0.0
+    # 2000 outcomes would overflow 2^m: the log form gives sqrt(2 (2000 ln 2 - ln delta')).
+    big = l1_deviation_constant(0.01, 2000)
+    assert big == pytest.approx(np.sqrt(2 * (2000 * np.log(2) - np.log(0.01))), rel=1e-12)
+
+
+def test_constants_union_bound_and_sampling_term() -> None:
+    c = concentration_constants(3, 2, 0.12, 2.0)
+    # Union over 3*2 pairs and the two inequalities.
+    assert c.delta_each == pytest.approx(0.12 / 12)
+    assert c.C_r == pytest.approx(2.0 * np.sqrt(2 * np.log(2 / 0.01)))
+    assert c.C_T == pytest.approx(np.sqrt(2 * np.log(6 / 0.01)))
+    gamma = 0.8
+    counts = np.array([[4, 0], [1, 9], [16, 25]])
+    e = bellman_sampling_term(counts, c, gamma)
+    # Paper's form: C_{r,T,delta} R_max / ((1-gamma) sqrt(n)), inf where n = 0.
+    expected = c.C_rT(gamma) * 2.0 / (0.2 * np.sqrt(np.maximum(counts, 1)))
+    assert np.isposinf(e[0, 1])
+    np.testing.assert_allclose(e[counts > 0], expected[counts > 0], rtol=1e-12)
+    # and the definition (C_r + gamma C_T 2 R_max/(1-gamma))/sqrt(n) at n = 4:
+    assert e[0, 0] == pytest.approx((c.C_r + gamma * c.C_T * 2 * 2.0 / 0.2) / 2.0)
+
+
+def test_propagate_pairs_hand_worked_with_infinite_entry() -> None:
+    # One state, two actions, pi = (1, 0): Q(s,0) = x0 + gamma V, V = Q(s,0) => Q(s,0) = x0/(1-g);
+    # the infinite entry at (s,1) is never reached (pi(1|s) = 0) but is the pair itself.
+    mdp = TabularMDP(np.ones((1, 2, 1)), np.zeros((1, 2)), 0.75)
+    out = propagate_pairs(mdp, np.array([[1.0, 0.0]]), np.array([[2.0, np.inf]]))
+    assert out[0, 0] == pytest.approx(2.0 / 0.25)
+    assert np.isposinf(out[0, 1])
+    # With pi(1|s) > 0 the infinite pair is reachable from (s,0) too.
+    out = propagate_pairs(mdp, np.array([[0.5, 0.5]]), np.array([[2.0, np.inf]]))
+    assert np.isposinf(out).all()
+
+
+# --- (a) Theorems 3.1 and 3.2 as statistical statements against the true MDP ----------------
+
+
+def _statistical_setup() -> tuple[TabularMDP, np.ndarray, np.ndarray]:
+    mdp = random_mdp(3, 2, np.random.default_rng(2024), gamma=0.9, reward_range=(-0.8, 0.8))
+    # Every action has probability >= 0.3, so 300 transitions cover all 6 pairs.
+    beta = np.array([[0.6, 0.4], [0.3, 0.7], [0.5, 0.5]])
+    pi = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9]])
+    return mdp, beta, pi
+
+
+def test_theorem_3_1_failure_rate_at_threshold_is_at_most_delta() -> None:
+    mdp, beta, pi = _statistical_setup()
+    rng = np.random.default_rng(11)
+    fail_at_threshold = fail_at_zero = fail_event = 0
+    for _ in range(N_DATASETS):
+        data = sample_dataset(mdp, beta, 300, rng, reward_noise=0.2)
+        emp = EmpiricalMDP.from_dataset(data, mdp.gamma)
+        assert emp.seen.all(), "the design covers every pair; a miss would change the test"
+        at_zero = theorem_3_1(emp, mdp, pi, 0.0, r_max=R_MAX, delta=DELTA)
+        at_thr = theorem_3_1(emp, mdp, pi, at_zero.alpha_threshold, r_max=R_MAX, delta=DELTA)
+        fail_at_threshold += not at_thr.conclusion_holds
+        fail_at_zero += not at_zero.conclusion_holds
+        fail_event += not concentration_event(emp, mdp, at_thr.constants).holds
+    rates = (fail_at_threshold / N_DATASETS, fail_at_zero / N_DATASETS, fail_event / N_DATASETS)
+    # Thm 3.1: with prob >= 1 - delta, Q_hat <= Q^pi on D once alpha reaches the threshold.
+    assert rates[0] <= DELTA, f"failure rates (threshold, alpha=0, event) = {rates}"
+    assert rates[2] <= DELTA, rates
+    # Without the penalty CQL(1) is FQE in M_hat and over-estimates often: the check has teeth.
+    assert rates[1] > 0.2, rates
+
+
+def test_theorem_3_2_failure_rate_at_threshold_is_at_most_delta() -> None:
+    mdp, beta, pi = _statistical_setup()
+    rng = np.random.default_rng(12)
+    fail_at_threshold = fail_at_zero = 0
+    for _ in range(N_DATASETS):
+        data = sample_dataset(mdp, beta, 300, rng, reward_noise=0.2)
+        emp = EmpiricalMDP.from_dataset(data, mdp.gamma)
+        assert emp.seen.all()
+        at_zero = theorem_3_2(emp, mdp, pi, 0.0, r_max=R_MAX, delta=DELTA)
+        at_thr = theorem_3_2(emp, mdp, pi, at_zero.alpha_threshold, r_max=R_MAX, delta=DELTA)
+        fail_at_threshold += not at_thr.conclusion_holds
+        fail_at_zero += not at_zero.conclusion_holds
+    rate, rate0 = fail_at_threshold / N_DATASETS, fail_at_zero / N_DATASETS
+    assert rate <= DELTA, f"V_hat <= V^pi failed on {rate:.3f} of datasets (alpha=0: {rate0:.3f})"
+    assert rate0 > 0.2, rate0
+
+
+# --- Theorem 3.1: properties on random instances ---------------------------------------------
+
+
+@settings(max_examples=200)
+@given(
+    seed=seeds,
+    S=st.integers(1, 4),
+    A=st.integers(1, 3),
+    n_per_pair=st.integers(1, 30),
+    frac=st.floats(0.0, 3.0),
+)
+def test_theorem_3_1_properties(seed: int, S: int, A: int, n_per_pair: int, frac: float) -> None:
+    mdp, _, emp, rng = _instance(seed, S, A, n_per_pair, noise=0.1)
+    pi = random_policy(S, A, rng)
+    mu = _supported_policy(emp, rng)
+    base = theorem_3_1(emp, mdp, pi, 0.0, r_max=R_MAX, mu=mu)
+    thr = base.alpha_threshold
+    # The paper's pointwise threshold is sufficient, so it is never below the exact one.
+    assert thr <= base.alpha_sufficient * (1 + 1e-9)
+    alpha = frac * thr if np.isfinite(thr) else 10.0 * frac
+    r = theorem_3_1(emp, mdp, pi, alpha, r_max=R_MAX, mu=mu)
+    tol = 1e-8 * (1.0 + float(np.max(np.abs(r.q_hat))))
+    assert np.all(r.sampling >= 0) and np.all(r.penalty >= -tol)
+    np.testing.assert_allclose(r.rhs, r.q_pi - r.penalty + r.sampling)
+    # The proof: (B_hat - B) Q_hat <= e at every pair implies the bound at every pair.
+    if r.premise_holds:
+        assert np.all(r.q_hat <= r.rhs + tol)
+    # Above the threshold the right-hand side is below Q^pi on D, so the bound gives the conclusion.
+    rows = np.repeat(r.checked[:, None], A, axis=1)
+    if alpha >= thr:
+        assert np.all((r.rhs <= r.q_pi + tol)[rows])
+        if r.bound_holds:
+            assert r.conclusion_holds
+    # The threshold is the smallest such alpha: just below it some pair of D has rhs > Q^pi.
+    if 0 < thr < np.inf:
+        below = theorem_3_1(emp, mdp, pi, 0.99 * thr, r_max=R_MAX, mu=mu)
+        assert np.any((below.rhs > below.q_pi)[rows])
+
+
+# --- Theorem 3.2: properties on random instances ---------------------------------------------
+
+
+@settings(max_examples=200)
+@given(
+    seed=seeds,
+    S=st.integers(1, 4),
+    A=st.integers(1, 3),
+    n_per_pair=st.integers(1, 30),
+    frac=st.floats(0.0, 3.0),
+)
+def test_theorem_3_2_properties(seed: int, S: int, A: int, n_per_pair: int, frac: float) -> None:
+    mdp, _, emp, rng = _instance(seed, S, A, n_per_pair, noise=0.1)
+    pi = _supported_policy(emp, rng)
+    base = theorem_3_2(emp, mdp, pi, 0.0, r_max=R_MAX)
+    D = base.d_cql
+    # D_CQL is the chi-square divergence sum (pi - pi_beta_hat)^2 / pi_beta_hat >= 0 on D.
+    chi2 = np.sum(
+        np.divide((pi - emp.pi_beta) ** 2, emp.pi_beta, out=np.zeros_like(pi), where=emp.seen),
+        axis=1,
+    )
+    np.testing.assert_allclose(D[emp.seen_states], chi2[emp.seen_states], atol=1e-12)
+    thr = base.alpha_threshold
+    assert thr <= base.alpha_sufficient * (1 + 1e-9)
+    # sum_a pi/sqrt(n(s,a)) >= 1/sqrt(n(s)): the paper's printed threshold is never larger
+    # than the sufficient one.
+    assert base.alpha_paper <= base.alpha_sufficient * (1 + 1e-9)
+    alpha = frac * thr if np.isfinite(thr) else 10.0 * frac
+    r = theorem_3_2(emp, mdp, pi, alpha, r_max=R_MAX)
+    tol = 1e-8 * (1.0 + float(np.max(np.abs(r.q_hat))))
+    if r.premise_holds:
+        assert np.all(r.v_hat <= r.rhs + tol)
+    if alpha >= thr:
+        assert np.all((r.rhs <= r.v_pi + tol)[r.checked])
+        if r.bound_holds:
+            assert r.conclusion_holds
+    if 0 < thr < np.inf:
+        below = theorem_3_2(emp, mdp, pi, 0.99 * thr, r_max=R_MAX)
+        assert np.any((below.rhs > below.v_pi)[below.checked])
+
+
+# --- (b) CQL(2): the value is bounded, pointwise Q is not ------------------------------------
+
+
+def test_cql2_pointwise_q_exceeds_true_q_while_value_is_bounded() -> None:
+    # Found by searching seeds 0..299 of this construction (2 states, 2 actions, 30 noisy
+    # transitions) for a dataset where, at Theorem 3.2's alpha threshold, the value bound holds
+    # and some Q_hat(s, a) > Q^pi(s, a).
+    rng = np.random.default_rng(109)
+    mdp = random_mdp(2, 2, rng, gamma=0.9, reward_range=(-0.8, 0.8))
+    beta = random_policy(2, 2, rng)
+    pi = random_policy(2, 2, rng)
+    data = sample_dataset(mdp, beta, 30, rng, reward_noise=0.2)
+    emp = EmpiricalMDP.from_dataset(data, mdp.gamma)
+    assert emp.seen.all()
+    alpha = theorem_3_2(emp, mdp, pi, 0.0, r_max=R_MAX).alpha_threshold
+    r = theorem_3_2(emp, mdp, pi, alpha, r_max=R_MAX)
+    assert r.bound_holds and r.conclusion_holds  # V_hat <= V^pi on both states
+    assert not r.pointwise_conclusion_holds
+    s, a = np.unravel_index(np.argmax(r.q_hat - r.q_pi), r.q_hat.shape)
+    # Why: pi(a|s) < pi_beta_hat(a|s), so the penalty alpha (pi/pi_beta_hat - 1) is negative
+    # there and CQL(2) pushes Q_hat(s, a) *up*; only the pi-average is pushed down (D_CQL >= 0).
+    assert pi[s, a] < emp.pi_beta[s, a]
+    assert r.q_hat[s, a] - r.q_pi[s, a] > 1.0
+
+
+def test_cql2_pointwise_overestimate_hand_worked() -> None:
+    # One state, two actions, no sampling error (B_hat = B), gamma = 0.3, pi_beta_hat = (1/2, 1/2),
+    # pi = (1, 0). Penalty pi/pi_beta_hat - 1 = (1, -1); D_CQL = 1*(2 - 1) = 1. The fixed point is
+    # Q_hat = Q^pi - alpha (I - gamma P^pi)^{-1} penalty with
+    # (I - gamma P^pi)^{-1} penalty = penalty + gamma/(1 - gamma) D_CQL = (1 + 3/7, -1 + 3/7).
+    # So Q_hat(s,1) = Q^pi(s,1) + alpha 4/7 > Q^pi(s,1), while V_hat = V^pi - alpha/(1-gamma).
+    gamma, alpha = 0.3, 2.0
+    mdp, emp = _exact_dataset(np.array([[[3], [3]]]), np.array([[0.5, -0.25]]), gamma)
+    pi = np.array([[1.0, 0.0]])
+    r = theorem_3_2(emp, mdp, pi, alpha, r_max=R_MAX)
+    assert r.q_hat[0, 1] - r.q_pi[0, 1] == pytest.approx(alpha * 4 / 7)
+    assert r.q_hat[0, 0] - r.q_pi[0, 0] == pytest.approx(-alpha * 10 / 7)
+    assert r.v_hat[0] - r.v_pi[0] == pytest.approx(-alpha / (1 - gamma))
+    assert r.conclusion_holds and not r.pointwise_conclusion_holds
+
+
+# --- (c) no sampling error: any alpha > 0 gives a lower bound --------------------------------
+
+
+@settings(max_examples=200)
+@given(
+    seed=seeds,
+    S=st.integers(1, 4),
+    A=st.integers(1, 3),
+    alpha=st.floats(1e-3, 100.0),
+    gamma=st.floats(0.0, 0.95),
+)
+def test_no_sampling_error_any_alpha_gives_lower_bounds(
+    seed: int, S: int, A: int, alpha: float, gamma: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 4, size=(S, A, S))
+    counts[np.arange(S)[:, None], np.arange(A)[None, :], rng.integers(0, S, size=(S, A))] += 1
+    mdp, emp = _exact_dataset(counts, rng.uniform(-R_MAX, R_MAX, size=(S, A)), gamma)
+    pi = random_policy(S, A, rng)
+    mu = random_policy(S, A, rng)
+    scale = (R_MAX + alpha * float(np.max(mu / emp.pi_beta))) / (1 - gamma)
+    # CQL(1): in the empirical MDP (= the true one here) Theorem 3.1 holds with equality.
+    r1 = theorem_3_1(emp, mdp, pi, alpha, r_max=R_MAX, mu=mu)
+    np.testing.assert_allclose(r1.q_hat, r1.q_pi - r1.penalty, atol=1e-9 * scale)
+    assert r1.conclusion_holds
+    assert np.all(r1.q_hat < r1.q_pi)  # strict: the penalty is positive on every pair
+    # CQL(2) with mu = pi: V_hat = V^pi - alpha (I - gamma P_pi)^{-1} D_CQL <= V^pi.
+    r2 = theorem_3_2(emp, mdp, pi, alpha, r_max=R_MAX)
+    scale2 = (R_MAX + alpha * float(np.max(pi / emp.pi_beta))) / (1 - gamma)
+    np.testing.assert_allclose(r2.v_hat, r2.v_pi - r2.penalty, atol=1e-9 * scale2)
+    assert r2.conclusion_holds
+
+
+# --- (d) Theorem 3.4: gap expansion ---------------------------------------------------------
+
+
+@settings(max_examples=200)
+@given(
+    seed=seeds,
+    S=st.integers(1, 4),
+    A=st.integers(2, 3),
+    n_per_pair=st.integers(1, 20),
+    frac=st.one_of(st.floats(0.0, 0.97), st.floats(1.03, 4.0)),
+)
+def test_gap_expansion_step_matches_the_cql_update(
+    seed: int, S: int, A: int, n_per_pair: int, frac: float
+) -> None:
+    _, _, emp, rng = _instance(seed, S, A, n_per_pair)
+    q_hat = rng.normal(scale=3.0, size=(S, A))
+    q = rng.normal(scale=3.0, size=(S, A))
+    pi = random_policy(S, A, rng)
+    mu = _supported_policy(emp, rng)
+    thr = gap_expansion_step(emp, q_hat, q, pi, mu, 0.0).alpha_threshold
+    alpha = frac * thr if 0 < thr < np.inf else 0.1 + 5.0 * frac
+    step = gap_expansion_step(emp, q_hat, q, pi, mu, alpha)
+    # Independent computation: one exact CQL(2)-style update with mu fixed (theory.cql), and the
+    # unregularised backup of Q^k; then the gaps E_{pi_beta_hat}[.] - E_mu[.].
+    q_hat_next = cql_iterate(emp, pi, alpha, 1, mu=mu, variant="cql2", q0=q_hat).q[1]
+    q_next = bellman(emp.mdp, q, pi)
+    gap_hat = np.sum((emp.pi_beta - mu) * q_hat_next, axis=1)
+    gap = np.sum((emp.pi_beta - mu) * q_next, axis=1)
+    tol = 1e-9 * (1 + alpha)
+    np.testing.assert_allclose(step.q_hat_next, q_hat_next, atol=tol)
+    np.testing.assert_allclose(step.gap_hat - step.gap, gap_hat - gap, atol=tol)
+    on_d = step.checked
+    margin = (gap_hat - gap)[on_d]
+    np.testing.assert_allclose(margin, (alpha * step.d_cql_mu - step.backup_term)[on_d], atol=tol)
+    # Theorem 3.4 with its condition made exact: alpha above the threshold expands every gap on
+    # D; below a positive threshold some state's gap shrinks. States where the margin is at
+    # round-off level (e.g. one state: the backup term is mathematically 0) are ties.
+    robust = np.abs(margin) > tol
+    if alpha > thr:
+        assert np.all(margin[robust] > 0)
+    elif np.isfinite(thr) and thr > tol and alpha < thr:
+        assert np.any(margin[robust] < 0)
+
+
+@settings(max_examples=200)
+@given(seed=seeds, S=st.integers(1, 4), A=st.integers(2, 3), alpha=st.floats(1e-3, 20.0))
+def test_gap_expands_for_any_alpha_from_a_common_start(
+    seed: int, S: int, A: int, alpha: float
+) -> None:
+    # k = 0 with Q_hat^0 = Q^0 and the same empirical backup: backup_term = 0, so any alpha > 0
+    # expands the gap exactly where mu_k differs from pi_beta_hat (D_CQL(mu_k) > 0).
+    _, _, emp, rng = _instance(seed, S, A, 10)
+    q0 = rng.normal(size=(S, A))
+    step = gap_expansion_step(
+        emp, q0, q0, random_policy(S, A, rng), _supported_policy(emp, rng), alpha
+    )
+    on_d = step.checked
+    np.testing.assert_allclose(step.backup_term[on_d], 0.0, atol=1e-12)
+    np.testing.assert_array_equal(step.expands[on_d], step.d_cql_mu[on_d] > 1e-13)
+
+
+@settings(max_examples=60)
+@given(seed=seeds, S=st.integers(2, 4), A=st.integers(2, 3), alpha=st.floats(0.05, 5.0))
+def test_gap_expansion_along_the_control_loop(seed: int, S: int, A: int, alpha: float) -> None:
+    mdp, _, emp, _ = _instance(seed, S, A, 20)
+    res = cql_control(emp, alpha, 3, mdp=mdp)
+    for reference, q_ref in ((None, res.q_empirical), (mdp, res.q_true)):
+        assert q_ref is not None
+        for k, step in enumerate(gap_expansion_along_control(emp, res, reference=reference)):
+            # Both iterates are fixed points of their backups: the step returns them unchanged,
+            # so the statement is checked at (Q_hat^k, Q^k) themselves.
+            np.testing.assert_allclose(step.q_hat_next, res.q_hat[k], atol=1e-7)
+            np.testing.assert_allclose(step.q_next, q_ref[k], atol=1e-7)
+            mu = masked_softmax(res.q_hat[k], emp.seen, res.temperature)
+            on_d = emp.seen_states
+            gap_hat = np.sum((emp.pi_beta - mu) * res.q_hat[k], axis=1)[on_d]
+            gap = np.sum((emp.pi_beta - mu) * q_ref[k], axis=1)[on_d]
+            # The exact condition decides the statement (ties aside).
+            if abs(alpha - step.alpha_threshold) > 1e-6 * (1 + abs(alpha)):
+                assert step.condition_holds == bool(np.all(gap_hat > gap))
+
+
+def test_gap_expansion_fails_when_alpha_is_below_the_threshold() -> None:
+    # A named instance where Theorem 3.4's condition fails along the control loop: at k = 1,
+    # mu_1 = softmax(Q_hat^1) is within D_CQL = 6e-4 of pi_beta_hat at state 1, so alpha = 1 is
+    # below the exact threshold (~3.6) and the gap at state 1 *shrinks*. (Seed found by search.)
+    rng = np.random.default_rng(5)
+    mdp = random_mdp(2, 2, rng, gamma=0.9)
+    emp = EmpiricalMDP.from_dataset(sample_dataset(mdp, np.full((2, 2), 0.5), 100, rng), 0.9)
+    res = cql_control(emp, 1.0, 3)
+    step = gap_expansion_along_control(emp, res)[1]
+    assert not step.condition_holds and step.alpha_threshold > 3.0
+    assert step.expands[0] and not step.expands[1]
+    assert step.d_cql_mu[1] < 1e-3 and step.backup_term[1] > 0
+    # The same update with alpha_k above the threshold (Q_hat^1, Q^1 fixed) expands both gaps.
+    mu = masked_softmax(res.q_hat[1], emp.seen, res.temperature)
+    larger = gap_expansion_step(
+        emp, res.q_hat[1], res.q_empirical[1], res.policies[1], mu, 1.01 * step.alpha_threshold
+    )
+    assert larger.condition_holds and larger.expands_everywhere
+
+
+def test_gap_expansion_with_mu_equal_to_pi_beta_has_no_large_enough_alpha() -> None:
+    # mu_k = pi_beta_hat: D_CQL(mu_k) = 0, the regulariser cancels in the gap, and the gap
+    # difference is -backup_term whatever alpha is: threshold +inf where backup_term >= 0.
+    _, _, emp, rng = _instance(3, 3, 2, 20)
+    q_hat = rng.normal(size=(3, 2))
+    q = q_hat + rng.normal(size=(3, 2))
+    pi = random_policy(3, 2, rng)
+    steps = [gap_expansion_step(emp, q_hat, q, pi, emp.pi_beta, a) for a in (0.0, 1.0, 1e6)]
+    np.testing.assert_allclose(steps[0].gap_hat - steps[0].gap, steps[2].gap_hat - steps[2].gap)
+    assert np.all(steps[0].d_cql_mu == 0)
+    if np.any(steps[0].backup_term >= 0):
+        assert steps[0].alpha_threshold == np.inf and not steps[2].condition_holds
+
+
+# --- (d) Theorems 3.5 / 3.6: Eq. 6 and safe policy improvement -------------------------------
+
+
+def test_eq6_policy_hand_worked_bandit() -> None:
+    # One state, pi_beta_hat = (1/2, 1/2), r = (1, 0). Eq. 6 per step: p - alpha (2p^2 +
+    # 2(1-p)^2 - 1) with p = pi(0); derivative 1 - alpha (8p - 4) = 0 => p = 1/2 + 1/(8 alpha),
+    # capped at 1 (alpha <= 1/4).
+    _, emp = _exact_dataset(np.array([[[5], [5]]]), np.array([[1.0, 0.0]]), 0.6)
+    for alpha, p in ((1.0, 0.625), (0.5, 0.75), (0.2, 1.0), (0.0, 1.0)):
+        np.testing.assert_allclose(eq6_policy(emp, alpha), [[p, 1 - p]], atol=1e-9)
+
+
+@settings(max_examples=200)
+@given(
+    seed=seeds,
+    S=st.integers(1, 4),
+    A=st.integers(1, 3),
+    n_per_pair=st.integers(1, 30),
+    alpha=st.one_of(st.just(0.0), st.floats(0.01, 10.0)),
+)
+def test_safe_policy_improvement_properties(
+    seed: int, S: int, A: int, n_per_pair: int, alpha: float
+) -> None:
+    mdp, _, emp, rng = _instance(seed, S, A, n_per_pair)
+    r = safe_policy_improvement(emp, mdp, alpha, r_max=R_MAX)
+    tol = 1e-7 * (1 + abs(r.j_pi_emp) + r.penalty_emp)
+    # The last clause of Thm 3.6: for the Eq. 6 optimum, improvement in M_hat >= penalty.
+    assert r.improvement_condition
+    # Thm 3.5: the Eq. 6 objective J(pi, M_hat) - alpha/(1-gamma) E[D_CQL] is the CQL(2) value.
+    obj = eq6_objective(emp, r.pi, alpha, mdp.d0)
+    assert obj == pytest.approx(r.j_pi_emp - r.penalty_emp, abs=tol)
+    # pi* maximises Eq. 6: no supported perturbation does better.
+    for eps in (0.5, 0.05):
+        other = (1 - eps) * r.pi + eps * _supported_policy(emp, rng)
+        assert eq6_objective(emp, other, alpha, mdp.d0) <= obj + tol
+    # On the concentration event: |J(., M_hat) - J(., M)| <= sampling(.) for pi* and pi_beta_hat,
+    # hence the theorem with the proof's zeta; the paper's 2 sampling(pi*) covers it when
+    # sampling(pi*) >= sampling(pi_beta_hat).
+    if r.concentration.holds:
+        assert r.emp_error_pi <= r.sampling_pi + tol
+        assert r.emp_error_beta <= r.sampling_beta + tol
+        assert r.holds_proof
+        if r.sampling_pi >= r.sampling_beta:
+            assert r.holds_paper
+    assert r.coverage == bool(np.isfinite(r.zeta_paper))
+
+
+def test_safe_improvement_without_conservatism_can_make_things_worse() -> None:
+    # A named instance (seed found by search, 30 transitions): with alpha = 0 the policy that is
+    # optimal in M_hat promises +4.7 over pi_beta_hat but is *worse* in the true MDP. Theorem 3.6
+    # still holds because zeta's sampling term covers the gap; with alpha > 0, Eq. 6 keeps pi*
+    # near pi_beta_hat and the true improvement is positive.
+    rng = np.random.default_rng(73)
+    mdp = random_mdp(3, 2, rng, gamma=0.9)
+    beta = rng.dirichlet(np.ones(2) * 2, size=3)
+    emp = EmpiricalMDP.from_dataset(sample_dataset(mdp, beta, 30, rng), 0.9)
+    naive = safe_policy_improvement(emp, mdp, 0.0, r_max=R_MAX)
+    assert naive.improvement_emp > 4.0 and naive.j_pi < naive.j_beta
+    assert naive.holds_paper and naive.holds_proof
+    for alpha in (0.1, 0.3, 1.0):
+        r = safe_policy_improvement(emp, mdp, alpha, r_max=R_MAX)
+        assert r.j_pi > r.j_beta and r.holds_paper
+
+
+def test_safe_improvement_non_vacuous_with_enough_data() -> None:
+    # With gamma = 0.5 and 10^5 transitions the sampling term is small enough that zeta < 0:
+    # Theorem 3.6 then *guarantees* a strict improvement, and the true MDP agrees.
+    rng = np.random.default_rng(0)
+    mdp = random_mdp(2, 2, rng, gamma=0.5)
+    emp = EmpiricalMDP.from_dataset(sample_dataset(mdp, np.full((2, 2), 0.5), 100_000, rng), 0.5)
+    r = safe_policy_improvement(emp, mdp, 0.1, r_max=R_MAX)
+    assert r.concentration.holds and r.zeta_paper < 0 and r.zeta_proof < 0
+    assert r.j_pi - r.j_beta >= -r.zeta_paper > 0
+
+
+def test_paper_zeta_can_be_below_the_proof_zeta() -> None:
+    # The paper writes 2 sampling(pi*) for sampling(pi*) + sampling(pi_beta_hat); when pi*
+    # visits better-sampled states than pi_beta_hat the paper's zeta is the smaller one.
+    # (Seed 11 of a search over random 2-4 state instances.)
+    rng = np.random.default_rng(11)
+    S, A = int(rng.integers(2, 5)), int(rng.integers(2, 4))
+    mdp = random_mdp(S, A, rng, gamma=0.9)
+    beta = rng.dirichlet(np.ones(A) * 2, size=S)
+    data = sample_dataset(mdp, beta, int(rng.integers(5, 40)) * S * A, rng)
+    emp = EmpiricalMDP.from_dataset(data, 0.9)
+    r = safe_policy_improvement(emp, mdp, float(rng.choice([0.0, 0.1, 1.0, 5.0])), r_max=R_MAX)
+    assert r.sampling_pi < r.sampling_beta and r.zeta_paper < r.zeta_proof
+    assert r.holds_paper  # still true here: both zetas are far above the true gap
+
+
+def test_safe_improvement_without_coverage_is_vacuous() -> None:
+    # State 2 is never a current state in D but d0 puts mass on it: no sampling bound there,
+    # zeta = +inf (the statement says nothing), reported as such.
+    mdp = random_mdp(3, 2, np.random.default_rng(4), gamma=0.9)
+    s = np.array([0, 0, 1, 1, 0, 1])
+    a = np.array([0, 1, 0, 1, 0, 1])
+    s2 = np.array([1, 2, 0, 1, 1, 0])
+    emp = EmpiricalMDP.from_transitions(3, 2, s, a, mdp.R[s, a], s2, 0.9, r_max=R_MAX)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = safe_policy_improvement(emp, mdp, 1.0, r_max=R_MAX)
+    assert not r.coverage and r.zeta_paper == np.inf and r.holds_paper
+
+
+# --- infinite thresholds, coverage, and input errors ----------------------------------------
+
+
+def test_thresholds_are_infinite_when_pi_equals_pi_beta_hat() -> None:
+    mdp, _, emp, _ = _instance(1, 3, 2, 30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no silent division by zero
+        r = theorem_3_2(emp, mdp, emp.pi_beta, 5.0, r_max=R_MAX)
+    np.testing.assert_allclose(r.d_cql, 0.0, atol=1e-15)
+    assert r.alpha_threshold == r.alpha_sufficient == r.alpha_paper == np.inf
+    # No penalty: CQL(2) of pi_beta_hat is plain evaluation in M_hat, whatever alpha is.
+    np.testing.assert_allclose(r.penalty, 0.0, atol=1e-12)
+
+
+def test_theorem_3_1_with_a_reachable_unseen_pair() -> None:
+    # Action 1 is never taken at state 1, yet pi takes it: the sampling term is +inf on every
+    # pair that reaches (1, 1), the bound is vacuous there, and no alpha makes it a lower bound.
+    mdp = random_mdp(2, 2, np.random.default_rng(8), gamma=0.9)
+    s = np.array([0, 0, 1, 0, 1])
+    a = np.array([0, 1, 0, 0, 0])
+    s2 = np.array([1, 0, 1, 1, 0])
+    emp = EmpiricalMDP.from_transitions(2, 2, s, a, mdp.R[s, a], s2, 0.9, r_max=R_MAX)
+    pi = np.full((2, 2), 0.5)
+    mu = np.array([[0.5, 0.5], [1.0, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = theorem_3_1(emp, mdp, pi, 1.0, r_max=R_MAX, mu=mu)
+    assert np.isposinf(r.sampling).all() and r.alpha_threshold == np.inf
+    assert r.bound_holds  # Q_hat <= +inf
+    # mu has a zero at a pair the propagation touches: the pointwise form is infinite too.
+    assert r.alpha_sufficient == np.inf
+
+
+def test_input_errors_name_the_problem() -> None:
+    mdp, _, emp, rng = _instance(2, 3, 2, 20)
+    pi = random_policy(3, 2, rng)
+    with pytest.raises(ValueError, match="alpha"):
+        theorem_3_1(emp, mdp, pi, -0.5, r_max=R_MAX)
+    with pytest.raises(ValueError, match="alpha"):
+        theorem_3_2(emp, mdp, pi, float("nan"), r_max=R_MAX)
+    with pytest.raises(ValueError, match="delta"):
+        theorem_3_1(emp, mdp, pi, 1.0, r_max=R_MAX, delta=1.0)
+    with pytest.raises(ValueError, match="r_max"):
+        theorem_3_1(emp, mdp, pi, 1.0, r_max=0.0)
+    with pytest.raises(ValueError, match=r"true R\[\d, \d\] = .* exceeds r_max"):
+        theorem_3_1(emp, mdp, pi, 1.0, r_max=0.01)
+    with pytest.raises(ValueError, match="mu = pi"):
+        theorem_3_2(emp, mdp, pi, 1.0, r_max=R_MAX, mu=random_policy(3, 2, rng))
+    other = random_mdp(4, 2, rng)
+    with pytest.raises(InvalidMDPError, match=r"\(S, A\)"):
+        theorem_3_1(emp, other, np.full((4, 2), 0.5), 1.0, r_max=R_MAX)
+    with pytest.raises(ValueError, match="alpha"):
+        safe_policy_improvement(emp, mdp, -1.0, r_max=R_MAX)
+    with pytest.raises(ValueError, match="alpha"):
+        gap_expansion_step(emp, np.zeros((3, 2)), np.zeros((3, 2)), pi, pi, -2.0)
+
+
+def test_states_outside_d_and_unsupported_mu_are_refused() -> None:
+    mdp = random_mdp(3, 2, np.random.default_rng(6), gamma=0.9)
+    # State 2 never occurs as a current state; action 1 never at state 1.
+    s = np.array([0, 0, 1, 1, 0])
+    a = np.array([0, 1, 0, 0, 1])
+    s2 = np.array([1, 2, 0, 2, 1])
+    emp = EmpiricalMDP.from_transitions(3, 2, s, a, mdp.R[s, a], s2, 0.9, r_max=R_MAX)
+    pi = np.array([[0.5, 0.5], [1.0, 0.0], [0.5, 0.5]])
+    with pytest.raises(ValueError, match="state 2 is not in D"):
+        theorem_3_1(emp, mdp, pi, 1.0, r_max=R_MAX, states=[0, 2])
+    with pytest.raises(ValueError, match="state 2 is not in D"):
+        theorem_3_2(emp, mdp, pi, 1.0, r_max=R_MAX, states=[2])
+    r = theorem_3_1(emp, mdp, pi, 1.0, r_max=R_MAX)
+    np.testing.assert_array_equal(r.checked, [True, True, False])
+    with pytest.raises(ValueError, match="state 2"):
+        r.at(2, 0)
+    assert r.at(0, 1)[2] == bool(r.holds[0, 1])
+    r2 = theorem_3_2(emp, mdp, pi, 1.0, r_max=R_MAX)
+    with pytest.raises(ValueError, match="state 2"):
+        r2.at(2)
+    # mu (or pi for CQL(2)) on the action D never took at state 1:
+    bad = np.array([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
+    with pytest.raises(InvalidMDPError, match=r"mu\[1, 1\].*never appears at state 1"):
+        theorem_3_1(emp, mdp, pi, 1.0, r_max=R_MAX, mu=bad)
+    with pytest.raises(InvalidMDPError, match=r"pi\[1, 1\]"):
+        theorem_3_2(emp, mdp, bad, 1.0, r_max=R_MAX)
+    with pytest.raises(InvalidMDPError, match=r"mu\[1, 1\]"):
+        gap_expansion_step(emp, np.zeros((3, 2)), np.zeros((3, 2)), pi, bad, 1.0)
+    with pytest.raises(InvalidMDPError, match=r"pi\[1, 1\]"):
+        d_cql(emp, bad)
+    # The control result without a true MDP cannot be compared with the true MDP.
+    res = cql_control(emp, 1.0, 1)
+    with pytest.raises(ValueError, match="q_true"):
+        gap_expansion_along_control(emp, res, reference=mdp)
