@@ -412,6 +412,12 @@ def test_gap_expansion_along_the_control_loop(seed: int, S: int, A: int, alpha: 
             # The exact condition decides the statement (ties aside).
             if abs(alpha - step.alpha_threshold) > 1e-6 * (1 + abs(alpha)):
                 assert step.condition_holds == bool(np.all(gap_hat > gap))
+    # Theorem 3.6's bound for the loop's last policy (not the Eq. 6 optimum, so only the proof's
+    # zeta, which holds for any pi on the concentration event, is claimed).
+    if emp.seen.all():
+        r = safe_policy_improvement(emp, mdp, alpha, r_max=R_MAX, pi=res.policies[-1])
+        if r.concentration.holds:
+            assert r.emp_error_pi <= r.sampling_pi and r.holds_proof
 
 
 def test_gap_expansion_fails_when_alpha_is_below_the_threshold() -> None:
