@@ -6,11 +6,13 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from deep.agents import (
     BC,
@@ -363,3 +365,45 @@ def test_factory_names_and_errors() -> None:
         OfflineSAC(OBS, ACT, SACConfig(gamma=1.0))
     with pytest.raises(ValueError, match="batch actions"):
         build("cql").update(discrete_batch(0))
+
+
+class _RecordOps(TorchDispatchMode):
+    """Record every aten op dispatched while active, and where host reads come from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+        self.host_reads: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = str(func.overloadpacket.__name__)
+        self.ops.add(name)
+        if name in HOST_SYNC_OPS:
+            frames = traceback.extract_stack()
+            # torch.optim reads its step counter with .item(): that tensor lives on the host
+            # (Adam keeps it on the CPU even for GPU parameters), so it is no device sync.
+            if not any("torch/optim/" in f.filename for f in frames):
+                ours = [f for f in frames if "/deep/" in f.filename and "/tests/" not in f.filename]
+                where = ours[-1] if ours else frames[-3]
+                self.host_reads.append(f"{name} at {where.filename}:{where.lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+# Ops that read a tensor's value on the host (.item(), bool(t), data-dependent shapes): on a
+# GPU each one stalls the stream until the update is computed.
+HOST_SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "item"}
+
+
+@pytest.mark.parametrize(("name", "overrides"), CASES)
+def test_update_never_reads_tensor_values_on_the_host(name: str, overrides: dict[str, Any]) -> None:
+    agent = build(name, **overrides)
+    batch = batch_for(name, 0)
+    agent.update(batch)
+    with _RecordOps() as mode:
+        agent.update(batch)
+    assert {"mm", "bmm", "addmm"} & mode.ops  # the recorder sees the update
+    assert not mode.host_reads, mode.host_reads
+    # the recorder does catch a host read from the agents' code path
+    with _RecordOps() as probe:
+        bool(next(iter(agent.update(batch).values())) > 0)
+    assert probe.host_reads
