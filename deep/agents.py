@@ -322,8 +322,9 @@ class _AgentBase:
             for k, t in self._scalars().items():
                 t.copy_(state[k])
         self.step = int(state["step"])
-        self.generator.set_state(state["generator"])
-        self.act_generator.set_state(state["act_generator"])
+        # Generator states are CPU byte tensors, whatever map_location moved them to.
+        self.generator.set_state(state["generator"].cpu())
+        self.act_generator.set_state(state["act_generator"].cpu())
 
 
 # ----------------------------------------------------------------------------------------

@@ -202,6 +202,9 @@ def cql_regularizer(
     gradient unchanged but shifts the Lagrange threshold τ by the same amount. They also
     divide log q by T (``logsumexp((Q − log q)/T)``); here T scales Q only, which is what
     T log ∫ exp(Q/T) da asks for. At the default T = 1 the two agree up to the constant.
+    Being the log of an unbiased estimate, it is biased low (Jensen). The weights
+    exp(Q/T)/π of the policy groups have infinite variance (a tanh-Gaussian density vanishes
+    faster than any power at the box edges), so that bias shrinks more slowly than O(1/N).
 
     ``"rho"`` — CQL(ρ), no importance weights: the same sampled actions, each weighted equally,
         push_down(s) = T [log Σ_j exp(Q(s, a_j)/T) − log M] ≈ T log E_{a~ρ} exp(Q(s, a)/T),
