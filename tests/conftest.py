@@ -1,6 +1,12 @@
-"""Shared test configuration: deterministic hypothesis profiles."""
+"""Shared test configuration: one compute thread per test worker, deterministic hypothesis."""
 
 import os
+
+# pytest-xdist runs one worker per core; a multi-threaded torch/BLAS in each worker would
+# oversubscribe the cores many times over (small ops slow down by 10x). Set before torch loads;
+# subprocesses started by tests (training runs, notebook kernels) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from hypothesis import HealthCheck, settings
 
