@@ -33,6 +33,16 @@ SPARSE_MIN_STATES = 500
 # Above this many states, a sparse system is solved with GMRES instead of a direct LU
 # factorisation (random sparse transition graphs fill in catastrophically under LU).
 DIRECT_MAX_STATES = 5000
+# ... unless the transition graph is banded (|s - s2| <= bandwidth for every transition):
+# then LU fill-in is at most S * bandwidth entries, and banded graphs (chains, grids) are
+# exactly the ones on which GMRES converges slowly.
+DIRECT_MAX_FILL = 20_000_000
+# GMRES restarts every GMRES_RESTART iterations. method="gmres" allows GMRES_MAX_CYCLES
+# restart cycles; "auto" allows AUTO_GMRES_CYCLES and then falls back to the direct solve
+# (random transition graphs converge within a few dozen iterations).
+GMRES_RESTART = 100
+GMRES_MAX_CYCLES = 2000
+AUTO_GMRES_CYCLES = 1
 # random_mdp draws next-state subsets by an argsort of S*A*S uniforms up to this size.
 ARGSORT_MAX_ENTRIES = 4_000_000
 
@@ -242,7 +252,8 @@ def solve_discounted(
         raise InvalidMDPError(f"reward[{s}, {a}] = {r[s, a]} is not finite")
     S = mdp.n_states
     r_pi = np.sum(pi * r, axis=1)
-    if method == "auto":
+    automatic = method == "auto"
+    if automatic:
         method = auto_method(mdp)
     if method == "dense":
         P_pi = policy_transition(mdp, pi)
@@ -255,11 +266,20 @@ def solve_discounted(
         else:
             P_pi_sparse = sp.csr_array(np.einsum("sat,sa->st", mdp.P, pi))
         M = sp.csr_array(sp.eye_array(S, format="csr") - mdp.gamma * P_pi_sparse)
-        if method == "direct":
+        v_gmres = None
+        if method == "gmres":
+            cycles = AUTO_GMRES_CYCLES if automatic else GMRES_MAX_CYCLES
+            v_gmres = _gmres(M, r_pi, mdp.gamma, cycles)
+            if v_gmres is None and not automatic:
+                raise RuntimeError(
+                    f"GMRES did not converge in {cycles} cycles of {GMRES_RESTART} iterations; "
+                    "use method='direct'"
+                )
+        if v_gmres is None:
             # SuperLU factorises CSC; GMRES only needs products, for which CSR is as fast.
             v = np.asarray(spla.spsolve(sp.csc_array(M), r_pi), dtype=float)
         else:
-            v = _gmres(M, r_pi, mdp.gamma)
+            v = v_gmres
     return r + mdp.gamma * mdp.expected_next(v)
 
 
@@ -268,27 +288,44 @@ def auto_method(mdp: TabularMDP) -> SolveMethod:
 
     "dense" for small or dense MDPs; for sparse storage (or a dense P with at most
     ``SPARSE_DENSITY`` non-zeros and at least ``SPARSE_MIN_STATES`` states): "direct" up to
-    ``DIRECT_MAX_STATES`` states, "gmres" above.
+    ``DIRECT_MAX_STATES`` states or while the LU factors stay banded (states x bandwidth at
+    most ``DIRECT_MAX_FILL``, e.g. chains and grids numbered along the grid), "gmres" above.
+    In "auto" mode GMRES gets a small budget (``AUTO_GMRES_CYCLES`` restart cycles) and the
+    solve falls back to "direct" when that is not enough.
     """
     S = mdp.n_states
+    if not mdp.is_sparse and (
+        S < SPARSE_MIN_STATES or np.count_nonzero(mdp.P) > SPARSE_DENSITY * mdp.P.size
+    ):
+        return "dense"
+    if S <= DIRECT_MAX_STATES or S * _bandwidth(mdp) <= DIRECT_MAX_FILL:
+        return "direct"
+    return "gmres"
+
+
+def _bandwidth(mdp: TabularMDP) -> int:
+    """``max |s - s2|`` over the transitions with ``P[s, a, s2] > 0``, in the given state order."""
     if mdp.is_sparse:
-        return "direct" if S <= DIRECT_MAX_STATES else "gmres"
-    if S >= SPARSE_MIN_STATES and np.count_nonzero(mdp.P) <= SPARSE_DENSITY * mdp.P.size:
-        return "direct" if S <= DIRECT_MAX_STATES else "gmres"
-    return "dense"
+        P = mdp.P
+        s = np.repeat(np.arange(P.shape[0]) // mdp.n_actions, np.diff(P.indptr))
+        positive = P.data != 0  # explicitly stored zeros are no transition
+        s, s2 = s[positive], P.indices[positive]
+    else:
+        s, _, s2 = np.nonzero(mdp.P)
+    return int(np.max(np.abs(s - s2))) if len(s) else 0
 
 
-def _gmres(M: sp.csr_array, b: np.ndarray, gamma: float) -> np.ndarray:
-    # I - gamma P_pi is strictly diagonally dominant, so GMRES converges; the residual is checked
-    # below rather than trusted, and a failure raises instead of returning a poor solution.
-    x, info = spla.gmres(M, b, rtol=1e-13, atol=0.0, restart=100, maxiter=2000)
+def _gmres(M: sp.csr_array, b: np.ndarray, gamma: float, cycles: int) -> np.ndarray | None:
+    """GMRES on ``M x = b`` with ``cycles`` restart cycles; None when it did not converge.
+
+    I - gamma P_pi is strictly diagonally dominant, so GMRES converges eventually; the residual
+    is checked here rather than trusted, and a poor solution is never returned.
+    """
+    x, info = spla.gmres(M, b, rtol=1e-13, atol=0.0, restart=GMRES_RESTART, maxiter=cycles)
     residual = float(np.max(np.abs(M @ x - b))) if b.size else 0.0
     scale = max(1.0, float(np.max(np.abs(b)))) if b.size else 1.0
     if info != 0 and residual > 1e-9 * scale / (1.0 - gamma):
-        raise RuntimeError(
-            f"GMRES did not converge (info={info}, max residual {residual:.3g}); "
-            "use method='direct'"
-        )
+        return None
     return np.asarray(x, dtype=float)
 
 

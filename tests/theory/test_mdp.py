@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from theory import bench
+from theory import mdp as mdp_module
 from theory.mdp import (
     InvalidMDPError,
     TabularMDP,
@@ -411,6 +412,49 @@ def test_auto_method_switches_to_sparse_solvers_on_large_sparse_problems() -> No
     pi = random_policy(6000, 2, rng)
     q = policy_evaluation(big_sparse, pi)
     assert bench.bellman_residual(big_sparse, pi, q) < 1e-10
+
+
+def _long_sparse_chain(n_states: int, gamma: float) -> TabularMDP:
+    """chain_mdp's dynamics (slip 0.1) stored sparse, for sizes a dense P could not hold."""
+    S, A = n_states, 2
+    s = np.arange(S)
+    left, right = np.maximum(s - 1, 0), np.minimum(s + 1, S - 1)
+    rows = np.concatenate([s * A, s * A + 1, s * A + 1])
+    cols = np.concatenate([left, right, left])
+    probs = np.concatenate([np.ones(S), np.full(S, 0.9), np.full(S, 0.1)])
+    R = np.zeros((S, A))
+    R[0, 0], R[-1, 1] = 0.1, 1.0
+    return TabularMDP(sp.csr_array((probs, (rows, cols)), shape=(S * A, S)), R, gamma)
+
+
+def test_auto_method_factorises_banded_chains_directly() -> None:
+    # GMRES converges slowly on a long chain, while its LU factors stay tridiagonal.
+    mdp = _long_sparse_chain(8000, gamma=0.99)
+    assert auto_method(mdp) == "direct"
+    pi = uniform_policy(8000, 2)
+    assert bench.bellman_residual(mdp, pi, policy_evaluation(mdp, pi)) < 1e-12
+    # The construction is chain_mdp's: same transitions at a size chain_mdp can hold.
+    small = _long_sparse_chain(6, gamma=0.9)
+    np.testing.assert_allclose(small.dense_P(), chain_mdp(6, gamma=0.9).dense_P())
+
+
+def test_auto_falls_back_to_the_direct_solve_when_gmres_needs_more_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Thresholds lowered so that a small random MDP takes the large-MDP path.
+    monkeypatch.setattr(mdp_module, "DIRECT_MAX_STATES", 10)
+    monkeypatch.setattr(mdp_module, "DIRECT_MAX_FILL", 0)
+    mdp = random_mdp(300, 2, np.random.default_rng(4), n_next=4, sparse=True, gamma=0.95)
+    pi = random_policy(300, 2, np.random.default_rng(5))
+    assert auto_method(mdp) == "gmres"
+    # One GMRES iteration cannot solve this system.
+    monkeypatch.setattr(mdp_module, "GMRES_RESTART", 1)
+    monkeypatch.setattr(mdp_module, "AUTO_GMRES_CYCLES", 1)
+    monkeypatch.setattr(mdp_module, "GMRES_MAX_CYCLES", 1)
+    q = policy_evaluation(mdp, pi)
+    assert bench.bellman_residual(mdp, pi, q) < 1e-12
+    with pytest.raises(RuntimeError, match="GMRES did not converge in 1 cycles of 1 iterations"):
+        policy_evaluation(mdp, pi, method="gmres")
 
 
 # --- random_mdp -------------------------------------------------------------------------
