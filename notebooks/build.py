@@ -119,6 +119,8 @@ def execute(nb: NotebookNode, timeout: int = CELL_TIMEOUT_SECONDS) -> NotebookNo
         timeout=timeout,
         kernel_name=KERNEL_NAME,
         record_timing=False,
+        # Stream chunks arrive as the kernel flushes; merged, a rebuild gives the same cells.
+        coalesce_streams=True,
         resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
     )
     client.execute(env=kernel_env())
