@@ -53,7 +53,7 @@ np.set_printoptions(precision=4, suppress=True)
 # discount belongs inside the inverse: $(I - P^\pi)^{-1}$ would not exist.) The operator
 # $(I - \gamma P^\pi)^{-1}$ has non-negative entries, so it preserves inequalities: if
 # $x \le y$ entrywise then $(I - \gamma P^\pi)^{-1} x \le (I - \gamma P^\pi)^{-1} y$. Every
-# lower-bound proof in notebooks 04-06 ends with that step.
+# lower-bound proof in notebooks 04 and 05 ends with that step.
 #
 # In code the inverse is never formed: `policy_evaluation(mdp, pi)` solves a linear system.
 

@@ -327,7 +327,7 @@ assert not any(s.condition_holds for s in steps_true)
 # %% [markdown]
 # ## Theorem 3.6: safe policy improvement
 #
-# Theorem 3.5 shows that a policy updated on CQL values maximises the penalised empirical
+# Theorem 3.5 relates the policy update on CQL values to maximising a penalised empirical
 # return (Eq. 6)
 #
 # $$
