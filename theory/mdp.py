@@ -238,7 +238,9 @@ def solve_discounted(
     Works for any reward ``r`` of shape (S, A) (the CQL fixed points reuse it with a penalised
     reward). Solved in state space: ``V = (I - gamma P_pi)^{-1} r_pi``, ``Q = r + gamma P V``.
     ``method``: "dense" (LAPACK), "direct" (sparse LU), "gmres" (Krylov, for large sparse
-    systems), or "auto" (sparse when P is sparse or a large dense P has few non-zeros).
+    systems; raises RuntimeError if it does not converge), or "auto" (sparse solvers when P is
+    sparse or a large dense P has few non-zeros; see :func:`auto_method`).
+    Raises :class:`InvalidMDPError` for a bad ``pi`` (naming the row) or a non-finite ``r``.
     """
     if method not in ("auto", "dense", "direct", "gmres"):
         raise ValueError(f"unknown method {method!r}; use auto, dense, direct or gmres")
