@@ -8,7 +8,8 @@ Three cases, each on one random MDP built once (only the solve is timed):
 * speed-up: (S, A) = (400, 8), :func:`theory.mdp.policy_evaluation` against the naive dense
   solve of ``(I - gamma P^pi) Q = R`` on all S*A state-action pairs; target: >= 20x.
 
-Each line reports the median of a few repeats and the Bellman residual
+Each line reports the median of a few repeats (at least ``--repeats``, and more for solves
+that take milliseconds) and the Bellman residual
 ``max |Q - (R + gamma P (pi . Q))|`` of the solution, so a fast wrong answer cannot pass.
 """
 
@@ -33,6 +34,8 @@ from theory.mdp import (
 
 SPARSE_TARGET_SECONDS = 3.0
 SPEEDUP_TARGET = 20.0
+# Each timed function is called until at least this much time has been spent on it.
+MIN_TOTAL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -88,25 +91,34 @@ def bellman_residual(mdp: TabularMDP, pi: np.ndarray, q: np.ndarray) -> float:
     return float(np.max(np.abs(q - bellman(mdp, q, pi))))
 
 
-def median_seconds(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, np.ndarray]:
-    """Median wall-clock seconds of ``repeats`` calls of ``fn``, and the last call's result."""
+def median_seconds(
+    fn: Callable[[], np.ndarray], repeats: int, min_total: float = MIN_TOTAL_SECONDS
+) -> tuple[float, np.ndarray]:
+    """Median wall-clock seconds of calls of ``fn``, and the last call's result.
+
+    Calls ``fn`` at least ``repeats`` times and until ``min_total`` seconds have been spent, so
+    that a millisecond solve is timed over many calls (one preempted call on a busy machine
+    then does not decide the median).
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    times = []
+    times: list[float] = []
     out = np.empty(0)
-    for _ in range(repeats):
+    while len(times) < repeats or sum(times) < min_total:
         start = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times)), out
 
 
-def bench_dense(n_states: int, n_actions: int, seed: int, repeats: int) -> CaseResult:
+def bench_dense(
+    n_states: int, n_actions: int, seed: int, repeats: int, min_total: float = MIN_TOTAL_SECONDS
+) -> CaseResult:
     """Exact evaluation on a dense random MDP (full Dirichlet transition rows)."""
     rng = np.random.default_rng(seed)
     mdp = random_mdp(n_states, n_actions, rng)
     pi = random_policy(n_states, n_actions, rng)
-    seconds, q = median_seconds(lambda: policy_evaluation(mdp, pi), repeats)
+    seconds, q = median_seconds(lambda: policy_evaluation(mdp, pi), repeats, min_total)
     return CaseResult(
         name=f"dense ({n_states}, {n_actions})",
         seconds=seconds,
@@ -115,12 +127,19 @@ def bench_dense(n_states: int, n_actions: int, seed: int, repeats: int) -> CaseR
     )
 
 
-def bench_sparse(n_states: int, n_actions: int, n_next: int, seed: int, repeats: int) -> CaseResult:
+def bench_sparse(
+    n_states: int,
+    n_actions: int,
+    n_next: int,
+    seed: int,
+    repeats: int,
+    min_total: float = MIN_TOTAL_SECONDS,
+) -> CaseResult:
     """Exact evaluation on a sparse random MDP stored as CSR, ``n_next`` next states per pair."""
     rng = np.random.default_rng(seed)
     mdp = random_mdp(n_states, n_actions, rng, n_next=n_next, sparse=True)
     pi = random_policy(n_states, n_actions, rng)
-    seconds, q = median_seconds(lambda: policy_evaluation(mdp, pi), repeats)
+    seconds, q = median_seconds(lambda: policy_evaluation(mdp, pi), repeats, min_total)
     return CaseResult(
         name=f"sparse ({n_states}, {n_actions}), {n_next} next states per pair",
         seconds=seconds,
@@ -131,13 +150,17 @@ def bench_sparse(n_states: int, n_actions: int, n_next: int, seed: int, repeats:
     )
 
 
-def bench_speedup(n_states: int, n_actions: int, seed: int, repeats: int) -> CaseResult:
+def bench_speedup(
+    n_states: int, n_actions: int, seed: int, repeats: int, min_total: float = MIN_TOTAL_SECONDS
+) -> CaseResult:
     """State-space solve against the naive (S*A) x (S*A) solve, on one dense random MDP."""
     rng = np.random.default_rng(seed)
     mdp = random_mdp(n_states, n_actions, rng)
     pi = random_policy(n_states, n_actions, rng)
-    seconds, q = median_seconds(lambda: policy_evaluation(mdp, pi), repeats)
-    base_seconds, q_naive = median_seconds(lambda: naive_policy_evaluation(mdp, pi), repeats)
+    seconds, q = median_seconds(lambda: policy_evaluation(mdp, pi), repeats, min_total)
+    base_seconds, q_naive = median_seconds(
+        lambda: naive_policy_evaluation(mdp, pi), repeats, min_total
+    )
     return CaseResult(
         name=f"speed-up over naive (S*A)^2 solve at ({n_states}, {n_actions})",
         seconds=seconds,

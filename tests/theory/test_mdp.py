@@ -569,9 +569,9 @@ def test_naive_pair_space_solve_matches_the_state_space_solve() -> None:
 
 
 def test_bench_cases_on_tiny_sizes() -> None:
-    dense = bench.bench_dense(6, 2, seed=0, repeats=2)
-    sparse = bench.bench_sparse(40, 3, 2, seed=0, repeats=1)
-    speedup = bench.bench_speedup(5, 2, seed=0, repeats=1)
+    dense = bench.bench_dense(6, 2, seed=0, repeats=2, min_total=0.0)
+    sparse = bench.bench_sparse(40, 3, 2, seed=0, repeats=1, min_total=0.0)
+    speedup = bench.bench_speedup(5, 2, seed=0, repeats=1, min_total=0.0)
     for result in (dense, sparse, speedup):
         assert result.seconds > 0 and result.residual < 1e-12
     assert dense.met is None and dense.method == "dense"
@@ -587,3 +587,17 @@ def test_bench_cases_on_tiny_sizes() -> None:
     assert "speed-up" in line and "residual" in line and "target >= 20x" in line
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         bench.median_seconds(lambda: np.zeros(1), 0)
+
+
+def test_median_seconds_repeats_until_the_time_budget_is_spent() -> None:
+    calls = []
+
+    def fn() -> np.ndarray:
+        calls.append(1)
+        return np.full(1, float(len(calls)))
+
+    seconds, out = bench.median_seconds(fn, repeats=3, min_total=0.0)
+    assert len(calls) == 3 and out[0] == 3.0 and seconds >= 0.0
+    calls.clear()
+    bench.median_seconds(fn, repeats=1, min_total=0.02)
+    assert len(calls) > 1  # a call takes microseconds, far below the 0.02 s budget
