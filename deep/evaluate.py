@@ -35,6 +35,7 @@ from deep.train import (
     eval_seed,
     evaluate_agent,
     resolve_device,
+    reward_transform,
 )
 
 
@@ -101,6 +102,7 @@ def evaluate_checkpoint(
         else None
     )
     gamma = agent_gamma(agent_config)
+    scale, bias = reward_transform(agent_config)
     first_seed = eval_seed(config.seed, step) if seed is None else seed
     metrics = evaluate_agent(
         agent,
@@ -111,6 +113,8 @@ def evaluate_checkpoint(
         seed=first_seed,
         gamma=gamma,
         device=dev,
+        reward_scale=scale,
+        reward_bias=bias,
     )
     return {
         "checkpoint": str(path),

@@ -394,6 +394,33 @@ def agent_gamma(agent_config: Any) -> float:
 # ------------------------------------------------------------------------------ evaluation
 
 
+def critic_units_return(
+    discounted: np.ndarray,
+    lengths: np.ndarray,
+    gamma: float,
+    reward_scale: float = 1.0,
+    reward_bias: float = 0.0,
+) -> np.ndarray:
+    """Discounted returns in the units the critic learns, ``r' = reward_scale · r + reward_bias``.
+
+    ``G' = Σ_{t<T} γ^t (c r_t + b) = c G + b (1 − γ^T) / (1 − γ)`` (the last factor is T when
+    γ = 1). Shapes: ``discounted`` G (n,), ``lengths`` T (n,) -> (n,).
+    """
+    g = np.asarray(discounted, dtype=np.float64)
+    t = np.asarray(lengths, dtype=np.float64)
+    horizon = t if gamma == 1.0 else (1.0 - gamma**t) / (1.0 - gamma)
+    out: np.ndarray = reward_scale * g + reward_bias * horizon
+    return out
+
+
+def reward_transform(agent_config: Any) -> tuple[float, float]:
+    """(reward_scale, reward_bias) of an agent config; (1, 0) for agents without them."""
+    return (
+        float(getattr(agent_config, "reward_scale", 1.0)),
+        float(getattr(agent_config, "reward_bias", 0.0)),
+    )
+
+
 def evaluate_agent(
     agent: Agent,
     *,
@@ -404,15 +431,24 @@ def evaluate_agent(
     seed: int,
     gamma: float,
     device: torch.device,
+    reward_scale: float = 1.0,
+    reward_bias: float = 0.0,
 ) -> dict[str, float]:
     """Run ``episodes`` deterministic-policy episodes and the conservative-value diagnostic.
 
-    Returns ``eval/return_mean``, ``eval/return_std``, ``eval/length_mean``,
-    ``eval/normalized_score`` (NaN when the dataset has no reference scores) and
-    ``eval/q_estimate`` = mean over the episodes' start states s₀ of ``Q(s₀, π(s₀))`` (the
-    critic, on normalised observations when normalisation is on; NaN for agents without a
-    critic), next to ``eval/mc_return`` = mean of ``Σ_t γ^t r_t`` actually obtained from those
-    s₀ with the same γ. A conservative critic has ``q_estimate`` below ``mc_return``.
+    Returns ``eval/return_mean``, ``eval/return_std``, ``eval/length_mean`` (undiscounted
+    environment returns), ``eval/normalized_score`` (NaN when the dataset has no reference
+    scores) and the diagnostic: ``eval/q_estimate``, the mean over the episodes' start states
+    s₀ of ``Q(s₀, π(s₀))`` (the critic at the policy's own action, on normalised observations
+    when normalisation is on; NaN for agents without a critic), next to ``eval/mc_return``,
+    the mean discounted return ``Σ_t γ^t r'_t`` actually obtained from those s₀, with the
+    training γ and in the critic's reward units (:func:`critic_units_return`). A conservative
+    critic has ``q_estimate`` below ``mc_return``.
+
+    Caveat: at a time limit the critic bootstraps (a truncation is not terminal), so Q(s₀)
+    estimates the value beyond the limit too, while the Monte-Carlo sum stops there; the
+    missing tail is at most ``γ^T max|r'| / (1 − γ)`` (for Pendulum, T = 200 and γ = 0.99:
+    ``0.134 · max|r'| / 0.01``).
     """
     from deep import envs
 
@@ -444,7 +480,11 @@ def evaluate_agent(
         "eval/length_mean": float(result.lengths.mean()),
         "eval/normalized_score": score,
         "eval/q_estimate": q_estimate,
-        "eval/mc_return": float(result.discounted_returns.mean()),
+        "eval/mc_return": float(
+            critic_units_return(
+                result.discounted_returns, result.lengths, gamma, reward_scale, reward_bias
+            ).mean()
+        ),
     }
 
 
@@ -746,6 +786,7 @@ def _train(
     seed_everything(config.seed)
     agent, agent_config = build_agent(config, info, device)
     gamma = agent_gamma(agent_config)
+    scale, bias = reward_transform(agent_config)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
     sampler = ReplaySampler(dataset, device, generator)
@@ -814,6 +855,8 @@ def _train(
                 seed=eval_seed(config.seed, step),
                 gamma=gamma,
                 device=device,
+                reward_scale=scale,
+                reward_bias=bias,
             )
 
     if ckpt is None:

@@ -209,6 +209,16 @@ def test_metric_buffer_averages_and_names_first_nonfinite_step() -> None:
         buf.flush()
 
 
+def test_critic_units_return_by_hand() -> None:
+    # G' = c G + b (1 - γ^T) / (1 - γ). With γ = 0.5: T = 3 gives 1 + 0.5 + 0.25 = 1.75 and
+    # T = 1 gives 1; so c = 2, b = 1 maps G = (10, -4) to (21.75, -7).
+    got = train.critic_units_return(np.array([10.0, -4.0]), np.array([3, 1]), 0.5, 2.0, 1.0)
+    np.testing.assert_allclose(got, [21.75, -7.0])
+    # γ = 1: the bias adds once per step.
+    got = train.critic_units_return(np.array([1.0]), np.array([4]), 1.0, 1.0, 0.5)
+    np.testing.assert_allclose(got, [3.0])
+
+
 def test_eval_seed_depends_on_seed_and_step_only() -> None:
     assert train.eval_seed(0, 100) == train.eval_seed(0, 100)
     seeds = {train.eval_seed(s, t) for s in range(3) for t in (100, 200, 300)}
