@@ -17,7 +17,7 @@ PYTEST_WORKERS ?= 2
 .PHONY: demo test lint typecheck bench setup clean
 
 demo: $(VENV)/.installed-base
-	$(BIN)/python -m theory.demo
+	$(BIN)/python -m deep.demo
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check theory deep tests notebooks
