@@ -390,6 +390,29 @@ def test_evaluate_cli_reproduces_the_runs_last_evaluation(
 # ------------------------------------------------------------------- kill and resume
 
 
+def test_resume_before_first_checkpoint_restarts_from_saved_config(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    # A run killed between writing config.json and its step-0 checkpoint: only the config
+    # (and maybe a header-only metrics.csv) exist. --resume starts it from scratch.
+    out = tmp_path / "run"
+    first = train.run(tiny_config(datasets["pendulum"], out, algo="sac"))
+    expected = (out / "metrics.csv").read_text()
+    (out / "checkpoint.pt").unlink()
+    (out / "summary.json").unlink()
+    with pytest.warns(UserWarning, match="ignoring --steps"):
+        again = train.run(train.TrainConfig(resume=str(out), steps=999))
+    assert again["steps"] == 6
+    assert (out / "metrics.csv").read_text() == expected
+    assert again["return_mean"] == first["return_mean"]
+    assert again["q_estimate_mean"] == first["q_estimate_mean"]
+
+
+def test_resume_of_a_missing_run_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"neither checkpoint\.pt nor config\.json"):
+        train.run(train.TrainConfig(resume=str(tmp_path)))
+
+
 def _run_cli(args: list[str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
