@@ -64,8 +64,8 @@ from deep.nets import (
     EnsembleQ,
     TanhGaussianActor,
     polyak_update,
+    tanh_gaussian_from_noise,
     tanh_gaussian_log_prob,
-    tanh_gaussian_sample,
 )
 
 __all__ = [
@@ -155,6 +155,10 @@ class SACConfig:
     """Lower clamp of the actor's log standard deviation."""
     log_std_max: float = 2.0
     """Upper clamp of the actor's log standard deviation."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """"bf16": the networks' forward passes run under bfloat16 autocast (matmuls in bf16,
+    weights, optimizer state, Q values and every loss reduction stay float32). Worth it on a
+    CPU with AMX / AVX512-BF16 or an Ampere+ GPU; "fp32" everywhere else."""
 
 
 @dataclass
@@ -260,6 +264,16 @@ def _generators(seed: Seed, device: torch.device) -> tuple[torch.Generator, ...]
 def _check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _adam(params: Any, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel (one kernel for all of a group's tensors; CPU and CUDA since
+    torch 2.4), else the multi-tensor ``foreach`` implementation."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
 def _as_batch(obs: Tensor, dim: int) -> tuple[Tensor, bool]:
@@ -377,12 +391,11 @@ class OfflineSAC(_AgentBase):
         self.target_entropy = (
             float(cfg.target_entropy) if cfg.target_entropy is not None else -float(act_dim)
         )
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.entropy_optim = (
-            torch.optim.Adam([self.log_alpha], lr=cfg.entropy_lr) if cfg.auto_entropy else None
-        )
+        self.actor_optim = _adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_optim = _adam(self.critic.parameters(), cfg.critic_lr)
+        self.entropy_optim = _adam([self.log_alpha], cfg.entropy_lr) if cfg.auto_entropy else None
         self.step = 0
+        self._loss_fn = self._losses
 
     @staticmethod
     def _default_config() -> SACConfig:
@@ -395,6 +408,8 @@ class OfflineSAC(_AgentBase):
             raise ValueError(f"gamma must be in [0, 1), got {cfg.gamma}")
         if cfg.target_tau > 1:
             raise ValueError(f"target_tau must be in (0, 1], got {cfg.target_tau}")
+        if cfg.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
         if cfg.n_critics < 1 or cfg.backup_n_actions < 1 or cfg.bc_steps < 0:
             raise ValueError(
                 "n_critics and backup_n_actions must be >= 1 and bc_steps >= 0, got "
@@ -411,6 +426,7 @@ class OfflineSAC(_AgentBase):
         self,
         obs: Tensor,
         q_data: Tensor,
+        random_actions: Tensor | None,
         pi_actions: Tensor,
         pi_log_prob: Tensor,
         next_pi_actions: Tensor,
@@ -437,60 +453,119 @@ class OfflineSAC(_AgentBase):
         with detached critic weights, targets under no_grad, log π detached in the
         temperature loss), so this equals stepping the optimizers one after another on
         losses computed before any step, as the official code and CORL do.
+
+        The update's random draws come first (:meth:`_draw`), then the losses
+        (:meth:`_losses`, a function of the batch, the draws and the parameters only, which
+        :meth:`compile` hands to ``torch.compile``), then one backward pass and the steps.
         """
         cfg = self.config
-        obs, act, reward, next_obs, done = batch
+        obs, act = batch.observations, batch.actions
         if act.dim() != 2 or act.shape[-1] != self.act_dim:
             raise ValueError(f"batch actions must be (B, {self.act_dim}), got {tuple(act.shape)}")
-        reward = cfg.reward_scale * reward + cfg.reward_bias
+        draws = self._draw(obs.shape[0], obs.dtype)
+        total, metrics = self._loss_fn(batch, draws, self.step < cfg.bc_steps)
+        optimizers = [self.critic_optim, self.actor_optim, *self._extra_optimizers()]
+        if self.entropy_optim is not None:
+            optimizers.append(self.entropy_optim)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        total.backward()
+        for opt in optimizers:
+            opt.step()
+        polyak_update(self.target_critic, self.critic, cfg.target_tau)
+        self.step += 1
+        return metrics
+
+    def compile(self, **options: Any) -> None:
+        """Run the loss computation (forward passes and their backward) through
+        ``torch.compile(**options)``; the optimizer steps stay eager (fused Adam already is
+        one kernel per parameter group). Numerically the same update up to float rounding.
+        On a GPU ``mode="max-autotune-no-cudagraphs"`` or ``"reduce-overhead"`` are worth
+        trying; the first updates pay the compilation."""
+        self._loss_fn = torch.compile(self._losses, **options)
+
+    def _draw(self, b: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The update's random numbers, all from ``self.generator`` in a fixed order:
+        N(0, I) noise for 1 + N actions at s (B, 1 + N, d), for n_backup + N actions at s'
+        (B, n_backup + N, d), and (regulariser only) N uniform actions on [−1, 1]^d."""
+        cfg = self.config
         n_reg = self._n_regularizer_actions()
+        n_backup = cfg.backup_n_actions if cfg.max_q_backup else 1
+        d, device, g = self.act_dim, self.device, self.generator
+        noise = torch.randn((b, 1 + n_reg, d), generator=g, device=device, dtype=dtype)
+        next_noise = torch.randn((b, n_backup + n_reg, d), generator=g, device=device, dtype=dtype)
+        uniform = None
+        if n_reg > 0:
+            # uniform on [−1, 1]^d (peers drew from [0, 1] or a degenerate range)
+            uniform = torch.rand((b, n_reg, d), generator=g, device=device, dtype=dtype)
+            uniform = uniform * 2.0 - 1.0
+        return noise, next_noise, uniform
+
+    def _losses(
+        self,
+        batch: Batch,
+        draws: tuple[Tensor, Tensor, Tensor | None],
+        bc_phase: bool,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """(sum of all losses, metrics) for one update; no side effects."""
+        cfg = self.config
+        obs, act, reward, next_obs, done = batch
+        noise, next_noise, uniform = draws
+        reward = cfg.reward_scale * reward + cfg.reward_bias
+        n_backup = cfg.backup_n_actions if cfg.max_q_backup else 1
         alpha = self.entropy_alpha()
         metrics: dict[str, Tensor] = {}
-
-        # Actor at s: one forward; sample 0 (with gradient) trains the actor, samples 1..N
-        # (detached) feed the regulariser.
-        mean, log_std = self.actor(obs)
-        pi_all, logp_all = tanh_gaussian_sample(mean, log_std, 1 + n_reg, self.generator)
-        new_act, new_logp = pi_all[:, 0], logp_all[:, 0]
-
-        with torch.no_grad():
-            next_mean, next_log_std = self.actor(next_obs)
-            n_backup = cfg.backup_n_actions if cfg.max_q_backup else 1
-            next_all, next_logp_all = tanh_gaussian_sample(
-                next_mean, next_log_std, n_backup + n_reg, self.generator
-            )
-            target_q = self.target_critic(next_obs, next_all[:, :n_backup])  # (E, B, n_backup)
-            if cfg.max_q_backup:
-                next_v, index = max_q_backup(target_q, cfg.max_q_backup_order)
-                next_logp = next_logp_all[:, :n_backup].gather(1, index.unsqueeze(1)).squeeze(1)
-            else:
-                next_v, next_logp = target_q[..., 0].min(dim=0).values, next_logp_all[:, 0]
-            y = td_target(
-                reward,
-                done,
-                next_v,
-                cfg.gamma,
-                next_logp if cfg.backup_entropy else None,
-                alpha,
-            )
-
-        q_data = self.critic(obs, act)  # (E, B)
-        td = td_loss(q_data, y)  # (E,)
-        critic_loss = td.sum()
-        penalty, extra_loss = self._regularizer(
-            obs,
-            q_data,
-            pi_all[:, 1:].detach(),
-            logp_all[:, 1:].detach(),
-            next_all[:, n_backup:],
-            next_logp_all[:, n_backup:],
-            metrics,
+        # bf16 autocast covers the networks; they return float32, so every loss below is
+        # reduced in float32.
+        autocast = torch.autocast(
+            device_type=self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
         )
-        if penalty is not None:
-            critic_loss = critic_loss + penalty
+        with autocast:
+            # Actor at s: one forward; sample 0 (with gradient) trains the actor, samples
+            # 1..N (detached) feed the regulariser.
+            mean, log_std = self.actor(obs)
+            pi_all, logp_all = tanh_gaussian_from_noise(mean, log_std, noise)
+            new_act, new_logp = pi_all[:, 0], logp_all[:, 0]
 
-        q_pi = self.critic(obs, new_act, detach_params=True)  # (E, B), gradient to actor only
-        if self.step < cfg.bc_steps:
+            with torch.no_grad():
+                next_mean, next_log_std = self.actor(next_obs)
+                next_all, next_logp_all = tanh_gaussian_from_noise(
+                    next_mean, next_log_std, next_noise
+                )
+                target_q = self.target_critic(next_obs, next_all[:, :n_backup])  # (E, B, nb)
+                if cfg.max_q_backup:
+                    next_v, index = max_q_backup(target_q, cfg.max_q_backup_order)
+                    next_logp = next_logp_all[:, :n_backup].gather(1, index.unsqueeze(1))
+                    next_logp = next_logp.squeeze(1)
+                else:
+                    next_v, next_logp = target_q[..., 0].min(dim=0).values, next_logp_all[:, 0]
+                y = td_target(
+                    reward,
+                    done,
+                    next_v,
+                    cfg.gamma,
+                    next_logp if cfg.backup_entropy else None,
+                    alpha,
+                )
+
+            q_data = self.critic(obs, act)  # (E, B)
+            td = td_loss(q_data, y)  # (E,)
+            critic_loss = td.sum()
+            penalty, extra_loss = self._regularizer(
+                obs,
+                q_data,
+                uniform,
+                pi_all[:, 1:].detach(),
+                logp_all[:, 1:].detach(),
+                next_all[:, n_backup:],
+                next_logp_all[:, n_backup:],
+                metrics,
+            )
+            if penalty is not None:
+                critic_loss = critic_loss + penalty
+
+            q_pi = self.critic(obs, new_act, detach_params=True)  # (E, B), grad to actor only
+        if bc_phase:
             policy_loss = bc_nll_loss(tanh_gaussian_log_prob(mean, log_std, act), new_logp, alpha)
         else:
             policy_loss = actor_loss(new_logp, q_pi, alpha)
@@ -502,17 +577,6 @@ class OfflineSAC(_AgentBase):
             total = total + entropy_loss
             metrics["loss/entropy"] = entropy_loss.detach()
 
-        optimizers = [self.critic_optim, self.actor_optim, *self._extra_optimizers()]
-        if self.entropy_optim is not None:
-            optimizers.append(self.entropy_optim)
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        total.backward()
-        for opt in optimizers:
-            opt.step()
-        polyak_update(self.target_critic, self.critic, cfg.target_tau)
-        self.step += 1
-
         for i in range(td.shape[0]):
             metrics[f"loss/q{i + 1}"] = td[i].detach()
         metrics["loss/policy"] = policy_loss.detach()
@@ -521,7 +585,7 @@ class OfflineSAC(_AgentBase):
         metrics["misc/q_policy"] = q_pi.detach().min(dim=0).values.mean()
         metrics["misc/q_target"] = y.mean()
         metrics["misc/policy_entropy"] = -new_logp.detach().mean()
-        return metrics
+        return total, metrics
 
     # --- inference -----------------------------------------------------------------------
 
@@ -619,6 +683,7 @@ class CQL(OfflineSAC):
         self,
         obs: Tensor,
         q_data: Tensor,
+        random_actions: Tensor | None,
         pi_actions: Tensor,
         pi_log_prob: Tensor,
         next_pi_actions: Tensor,
@@ -627,14 +692,7 @@ class CQL(OfflineSAC):
     ) -> tuple[Tensor | None, Tensor | None]:
         cfg = self.config
         b, n, d = pi_actions.shape
-        # Uniform on [−1, 1]^d (peers drew from [0, 1] or a degenerate range).
-        random_actions = (
-            torch.rand(
-                (b, n, d), generator=self.generator, device=obs.device, dtype=pi_actions.dtype
-            )
-            * 2.0
-            - 1.0
-        )
+        assert random_actions is not None  # drawn by _draw whenever N > 0
         actions = torch.cat([random_actions, pi_actions, next_pi_actions], dim=1)  # (B, 3N, d)
         q_ood = self.critic(obs, actions)  # (E, B, 3N): all three groups at state s
         if cfg.cql_estimator == "importance":
