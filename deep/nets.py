@@ -38,6 +38,9 @@ OUTPUT_GAIN = 1e-2
 # Dataset actions can sit exactly on the box boundary ±1, where atanh is infinite; pull them
 # this far inside (float32 resolves 1 - 1e-6, atanh of it is about 7.25).
 ACTION_CLIP = 1e-6
+# Rows per block of a critic pass on the CPU: 2048 × 256 float32 activations are 2 MB, about
+# one core's L2 cache (measured: see EnsembleQ).
+CPU_CHUNK_ROWS = 2048
 
 
 def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
@@ -153,41 +156,57 @@ def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def _ensemble_mlp(
-    x: Tensor, params: Sequence[tuple[Tensor, Tensor]], *, per_member: bool
+    x: Tensor,
+    params: Sequence[tuple[Tensor, Tensor]],
+    *,
+    per_member: bool,
+    chunk_rows: int | None = None,
 ) -> Tensor:
     """ReLU MLP of every member on the same rows x (R, in): (E, R, out).
 
     ``params`` holds (weight (E, in, out), bias (E, 1, out)) per layer. The bias of the first
-    layer is folded into its weight as a last input row (x gets a column of ones from the
+    layer is folded into its weight as a last input row (x carries a column of ones from the
     caller), so the first activation is written by one matmul and rectified in place; ReLUs
     run in place throughout (their backward needs only the output). The output layer runs in
     float32 even under autocast: it is a matrix-vector product, cheap at any precision, and a
     bfloat16 Q would carry ~0.4 % rounding error into every TD error.
 
-    ``per_member=True`` loops over members with 2-D matmuls (each member's activations are
-    half the stacked size for E = 2, and on the CPU this measured 4–8 % faster than one
-    ``baddbmm`` over the stack); ``False`` runs each layer as one batched matmul (fewer kernel
-    launches, the better choice on a GPU).
+    ``per_member=True`` loops over members with 2-D matmuls, and ``chunk_rows`` splits the
+    rows into blocks of at most that many, each run through all layers on its own: a block's
+    activations (chunk_rows × H) then stay in the core's cache between one layer and the
+    next, and so do its gradients in the backward pass (autograd runs a block's chain from
+    end to start before the next). Both are CPU choices: the work is unchanged, the memory
+    traffic falls. ``per_member=False`` runs every layer as one batched matmul over members
+    (fewer kernel launches, the GPU choice).
     """
     w0, b0 = params[0]
     w_first = torch.cat([w0, b0], dim=-2)  # (E, in + 1, H)
-    members = range(w0.shape[0]) if per_member else [None]
+    layers: list[tuple[Tensor, Tensor | None]] = [(w_first, None), *params[1:]]
+    if per_member:
+        # unbind once per layer: its backward stacks the members' gradients in one op, where
+        # indexing w[e] would build a zero (E, in, out) gradient per member and add them up
+        per_layer = [
+            (w.unbind(0), b.unbind(0) if b is not None else [None] * w.shape[0]) for w, b in layers
+        ]
+        members = [[(ws[e], bs[e]) for ws, bs in per_layer] for e in range(w0.shape[0])]
+    else:
+        members = [layers]
+    blocks = x.split(chunk_rows) if chunk_rows is not None else (x,)
     outs = []
-    for e in members:
-
-        def pick(t: Tensor, e: int | None = e) -> Tensor:
-            return t if e is None else t[e]
-
-        h = _affine(x, pick(w_first), None).relu_()
-        for w, b in params[1:-1]:
-            h = _affine(h, pick(w), pick(b)).relu_()
-        w, b = params[-1]
-        if h.dtype != w.dtype:
-            with torch.autocast(device_type=h.device.type, enabled=False):
-                h = _affine(h.to(w.dtype), pick(w), pick(b))
-        else:
-            h = _affine(h, pick(w), pick(b))
-        outs.append(h)
+    for member in members:
+        member_out = []
+        for rows in blocks:
+            h = rows
+            for w, b in member[:-1]:
+                h = _affine(h, w, b).relu_()
+            w, b = member[-1]
+            if h.dtype != w.dtype:
+                with torch.autocast(device_type=h.device.type, enabled=False):
+                    h = _affine(h.to(w.dtype), w, b)
+            else:
+                h = _affine(h, w, b)
+            member_out.append(h)
+        outs.append(member_out[0] if len(member_out) == 1 else torch.cat(member_out, dim=-2))
     return torch.stack(outs) if per_member else outs[0]
 
 
@@ -203,11 +222,17 @@ class EnsembleQ(nn.Module):
     The first layer sees the rows [s, a, 1] (the state repeated for each of its N actions,
     the bias folded into the weight as a last input row), so the (E, B·N, H) activations are
     written once by one matmul and rectified in place. (Splitting the first layer into a state
-    half, once per state, and an action half saves (obs_dim/(obs_dim + d)) of the first
-    layer's few multiply-adds but costs a broadcast add over the whole (E, B·N, H) activation,
-    and memory passes over that tensor, not multiply-adds, are what the first layer costs.)
-    From the second layer on, the B·N rows of every member go through one matmul per layer;
-    ReLUs run in place (their backward needs only the output).
+    half, once per state, and an action half saves obs_dim/(obs_dim + d) of the first layer's
+    few multiply-adds but costs a broadcast add over the whole (E, B·N, H) activation: memory
+    passes over that tensor, not multiply-adds, are what the first layer costs.) ReLUs run in
+    place (their backward needs only the output).
+
+    How the rows are run depends on the device (:func:`_ensemble_mlp`): on a GPU, every
+    layer is one batched matmul over the members; on the CPU, members run one after the
+    other in blocks of ``cpu_chunk_rows`` rows, so that a block's activations and gradients
+    stay in cache from one layer to the next. Measured on a 2-core Xeon (Sapphire Rapids),
+    one CQL update (3×256, B = 256, 3N = 30): blocks of 2048 rows 12 % faster than none, and
+    1024 / 2560 / 4096 within noise of 2048.
     """
 
     def __init__(
@@ -226,6 +251,8 @@ class EnsembleQ(nn.Module):
         self.act_dim = act_dim
         self.n_critics = n_critics
         self.layers = _ensemble_stack(n_critics, obs_dim + act_dim, 1, hidden, generator)
+        self.cpu_chunk_rows: int | None = CPU_CHUNK_ROWS
+        """On the CPU, rows per block (see :func:`_ensemble_mlp`); None: no blocks."""
 
     def forward(self, obs: Tensor, act: Tensor, *, detach_params: bool = False) -> Tensor:
         """Q values, (E, B) for act (B, d) or (E, B, N) for act (B, N, d), in float32 (also
@@ -252,7 +279,9 @@ class EnsembleQ(nn.Module):
             dim=-1,
         ).view(b * n, self.obs_dim + self.act_dim + 1)
         params = [_layer_params(layer, detach_params) for layer in self.layers]
-        h = _ensemble_mlp(x, params, per_member=x.device.type == "cpu")
+        on_cpu = x.device.type == "cpu"
+        chunk = self.cpu_chunk_rows if on_cpu else None
+        h = _ensemble_mlp(x, params, per_member=on_cpu, chunk_rows=chunk)
         q = h.view(self.n_critics, b, n)  # (E, B·N, 1) -> (E, B, N)
         return q[:, :, 0] if single else q
 
