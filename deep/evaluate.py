@@ -101,7 +101,7 @@ def evaluate_checkpoint(
         if normalizer_state is not None
         else None
     )
-    gamma = agent_gamma(agent_config)
+    gamma = agent_gamma(config, agent_config)
     scale, bias = reward_transform(agent_config)
     first_seed = eval_seed(config.seed, step) if seed is None else seed
     metrics = evaluate_agent(

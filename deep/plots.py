@@ -95,11 +95,14 @@ def plot_run(run_dir: str | Path, title: str | None = None) -> Path:
     return out
 
 
-def plot_comparison(runs: Mapping[str, str | Path], out: str | Path) -> Path:
+def plot_comparison(
+    runs: Mapping[str, str | Path], out: str | Path, behaviour_score: float | None = None
+) -> Path:
     """Overlay runs (label -> run dir): evaluation score, and Q estimate vs MC return.
 
     In the right panel each algorithm has one colour: solid is its critic's prediction at the
-    start states, dashed the discounted return it actually obtained there. Returns ``out``.
+    start states, dashed the discounted return it actually obtained there. ``behaviour_score``
+    (the dataset's own score) is drawn as a horizontal line. Returns ``out``.
     """
     fig, (ax_score, ax_q) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     score_label = "return"
@@ -113,9 +116,10 @@ def plot_comparison(runs: Mapping[str, str | Path], out: str | Path) -> Path:
             ax_q.plot(x, q, color=color, marker="o", label=f"{name}: predicted Q")
         x, mc = _series(metrics, "eval/mc_return")
         ax_q.plot(x, mc, color=color, linestyle="--", marker="s", label=f"{name}: MC return")
+    if behaviour_score is not None and math.isfinite(behaviour_score):
+        ax_score.axhline(behaviour_score, color="grey", linestyle=":", label="dataset (behaviour)")
     ax_score.set(title=f"evaluation {score_label}", xlabel="gradient step", ylabel=score_label)
     ax_score.legend()
-    ax_q.set_yscale("symlog", linthresh=10.0)
     ax_q.set(title="Q(s₀, π(s₀)) predicted vs discounted return obtained", xlabel="gradient step")
     ax_q.legend(fontsize="small")
     out = Path(out)

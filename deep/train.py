@@ -16,10 +16,11 @@ A run directory (``--out``) holds:
   ``eval/q_estimate`` next to ``eval/mc_return``);
 - ``tb/``: TensorBoard event files; ``learning_curves.png``; ``summary.json`` at the end.
 
-Determinism and resume: every source of randomness is seeded from ``--seed`` (network
-initialisation via torch's global generator, batches via the sampler's own
-``torch.Generator``, the agent's own generator if it has one) and saved in the checkpoint,
-together with the optimisers, the step counter and the metric rows logged so far. Evaluation
+Determinism and resume: every source of randomness is seeded from ``--seed`` and saved in the
+checkpoint: the agent's own generators (initialisation, training draws, acting; part of its
+``state_dict``), the batch sampler's ``torch.Generator``, and, although nothing here draws from
+them, torch's, numpy's and python's global generators. The checkpoint also holds the
+optimisers, the step counter and the metric rows logged so far. Evaluation
 episodes are seeded by :func:`eval_seed` ``(seed, step)``, so they do not depend on when a run
 was interrupted. A run killed at any moment and resumed with ``--resume`` therefore ends, on
 CPU, with the same metrics as an uninterrupted one. Checkpoints are written only at log steps
@@ -76,9 +77,10 @@ _AGENT = {"agent": True}
 class TrainConfig:
     """Offline training of one agent on one dataset.
 
-    Options marked "agent" override the field of the same name in the chosen algorithm's
-    config dataclass (``deep.agents``); left at ``None`` they keep that config's default, so
-    the defaults live in one place. Setting one that the algorithm does not have is an error.
+    Options marked "agent" override a field of the chosen algorithm's config dataclass
+    (``deep.agents``), of the same name except where noted; left at ``None`` they keep that
+    config's default, so the defaults live in one place. Setting one that the algorithm does
+    not have is an error; ``--agent-set`` reaches every other field.
     """
 
     algo: Algo = "cql"
@@ -88,8 +90,8 @@ class TrainConfig:
     cloning), discrete-cql (exact log-sum-exp over discrete actions)."""
 
     dataset: str = "pendulum-medium"
-    """Dataset: a built-in name (python -m deep.data info), a D4RL .hdf5, an .npz, or
-    minari:<dataset id>."""
+    """Dataset: a built-in name (pendulum-*, cartpole-*, inverted-double-pendulum-*, with
+    * = random, medium, expert or medium-expert), a D4RL .hdf5, an .npz, or minari:<id>."""
 
     steps: int = 20_000
     """Number of gradient steps (one batch each)."""
@@ -148,7 +150,8 @@ class TrainConfig:
 
     # ---- agent hyper-parameters: None keeps the algorithm's default (deep.agents) ----------
     gamma: float | None = field(default=None, metadata=_AGENT)
-    """agent: discount factor γ (evaluation's Monte-Carlo returns use the same γ)."""
+    """agent: discount factor γ; evaluation's Monte-Carlo returns use the same γ (for bc,
+    which does not bootstrap, only those)."""
 
     critic_lr: float | None = field(default=None, metadata=_AGENT)
     """agent: learning rate of the critics (cql*, sac) or of the Q-network (discrete-cql)."""
@@ -339,6 +342,8 @@ def make_agent_config(config: TrainConfig, discrete: bool) -> Any:
     updates: dict[str, Any] = {}
     for option, value in agent_overrides(config).items():
         targets = _agent_targets(option, fields)
+        if not targets and option == "gamma":
+            continue  # an agent without bootstrapping (bc): γ only discounts evaluation returns
         if not targets:
             raise ValueError(
                 f"--{option.replace('_', '-')} does not apply to --algo {config.algo} "
@@ -386,9 +391,12 @@ def build_agent(config: TrainConfig, info: DatasetInfo, device: torch.device) ->
     return agent, agent_config
 
 
-def agent_gamma(agent_config: Any) -> float:
-    """The discount the agent trains with (the MC returns at evaluation use the same)."""
-    return float(getattr(agent_config, "gamma", 0.99))
+def agent_gamma(config: TrainConfig, agent_config: Any) -> float:
+    """The discount of the evaluation's Monte-Carlo returns: the agent's own γ; for an agent
+    without one (bc), ``--gamma`` if given, else 0.99."""
+    if hasattr(agent_config, "gamma"):
+        return float(agent_config.gamma)
+    return float(config.gamma) if config.gamma is not None else 0.99
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -567,13 +575,17 @@ def first_nonfinite_tensor(state: Any, prefix: str = "") -> str | None:
                 walk(v, f"{path}[{k}]")
 
     walk(state, prefix)
-    if not tensors:
-        return None
-    # One host sync for the whole state.
-    finite = torch.stack([t.detach().isfinite().all().to("cpu") for _, t in tensors])
-    if bool(finite.all()):
-        return None
-    return tensors[int(torch.nonzero(~finite)[0, 0])][0]
+    # One host copy per device, not one per tensor.
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, t) in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    finite = [True] * len(tensors)
+    for indices in by_device.values():
+        flags = torch.stack([tensors[i][1].detach().isfinite().all() for i in indices]).cpu()
+        for i, ok in zip(indices, flags.tolist(), strict=True):
+            finite[i] = bool(ok)
+    bad = [path for (path, _), ok in zip(tensors, finite, strict=True) if not ok]
+    return bad[0] if bad else None
 
 
 class RunLog:
@@ -785,7 +797,7 @@ def _train(
 
     seed_everything(config.seed)
     agent, agent_config = build_agent(config, info, device)
-    gamma = agent_gamma(agent_config)
+    gamma = agent_gamma(config, agent_config)
     scale, bias = reward_transform(agent_config)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)

@@ -188,6 +188,11 @@ def test_critic_and_actor_lr_map_onto_single_network_agents() -> None:
     assert (sac.actor_lr, sac.critic_lr) == (2e-3, 1e-3)
     with pytest.raises(ValueError, match="--actor-lr does not apply to --algo discrete-cql"):
         train.make_agent_config(train.TrainConfig(algo="discrete-cql", actor_lr=1e-3), True)
+    # BC does not bootstrap: --gamma only sets the discount of its evaluation returns.
+    bc_config = train.TrainConfig(algo="bc", gamma=0.5)
+    assert train.agent_gamma(bc_config, train.make_agent_config(bc_config, False)) == 0.5
+    sac_config = train.TrainConfig(algo="sac", gamma=0.9)
+    assert train.agent_gamma(sac_config, train.make_agent_config(sac_config, False)) == 0.9
 
 
 # ------------------------------------------------------------------------- metric buffer
