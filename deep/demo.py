@@ -42,12 +42,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from deep import plots
+from deep.evaluate import evaluate_checkpoint
 from deep.train import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     METRICS_NAME,
-    SUMMARY_NAME,
     TrainConfig,
     config_to_dict,
     run,
@@ -82,7 +84,11 @@ class DemoConfig:
     """Evaluate every this many steps."""
 
     eval_episodes: int = 10
-    """Episodes per evaluation."""
+    """Episodes per evaluation during training."""
+
+    final_episodes: int = 50
+    """Episodes of the final evaluation of each checkpoint, the one the table reports (the
+    first eval_episodes of them are the run's own last evaluation)."""
 
     hidden_dims: tuple[int, ...] = (64, 64)
     """Hidden widths of every network."""
@@ -94,7 +100,8 @@ class DemoConfig:
     """Polyak rate of the target critics."""
 
     workers: int = 2
-    """Training processes run at once (one CPU thread each)."""
+    """Training processes run at once (one CPU thread each); 1 trains the three agents one
+    after the other in this process."""
 
 
 def run_configs(demo: DemoConfig) -> dict[str, TrainConfig]:
@@ -127,16 +134,22 @@ def run_configs(demo: DemoConfig) -> dict[str, TrainConfig]:
 
 
 def _prepare(config: TrainConfig) -> TrainConfig:
-    """Resume the run in ``config.out`` if it was made with the same settings, else restart it."""
+    """Resume the run in ``config.out`` if it was made with the same settings, else restart it.
+
+    Only a folder that holds a run (its config.json) is ever deleted; any other existing
+    folder at that path is an error.
+    """
     out = Path(config.out or "")
     saved = out / CONFIG_NAME
     if saved.exists():
         previous = json.loads(saved.read_text())["train"]
         if previous == config_to_dict(config) and (out / CHECKPOINT_NAME).exists():
             return TrainConfig(resume=str(out))
-        print(f"{out}: settings changed since the last demo; starting this run afresh")
-    if out.exists():
+        if previous != config_to_dict(config):
+            print(f"{out}: settings changed since the last demo; starting this run afresh")
         shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} exists and holds no demo run; choose another --out")
     return config
 
 
@@ -175,24 +188,25 @@ def _progress(configs: dict[str, TrainConfig], futures: dict[str, Future[Any]]) 
             bar.close()
 
 
-def results_table(summaries: dict[str, dict[str, Any]]) -> str:
-    """Markdown table: score, return and Q estimate vs Monte-Carlo return per algorithm."""
+def _num(v: Any, fmt: str = ".1f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
-    def num(v: Any, fmt: str = ".1f") -> str:
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
+def results_table(final: dict[str, dict[str, Any]], summaries: dict[str, dict[str, Any]]) -> str:
+    """Markdown table per algorithm: the final evaluation (``deep.evaluate`` results) and the
+    run's length and throughput (its summary)."""
     lines = [
         "| algorithm | normalised score | return (mean ± std) | Q(s₀, π(s₀)) predicted "
         "| discounted return obtained (MC) | Q − MC | steps | steps/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for algo, s in summaries.items():
-        q, mc = s.get("q_estimate_mean"), s.get("mc_return_mean")
-        gap = q - mc if isinstance(q, float) and isinstance(mc, float) else None
+    for algo, r in final.items():
+        q, mc = r["eval/q_estimate"], r["eval/mc_return"]
         lines.append(
-            f"| {LABELS.get(algo, algo)} | {num(s['normalized_score'])} "
-            f"| {num(s['return_mean'])} ± {num(s['return_std'])} | {num(q)} | {num(mc)} "
-            f"| {num(gap)} | {s['steps']} | {num(s['steps_per_second'], '.0f')} |"
+            f"| {LABELS.get(algo, algo)} | {_num(r['eval/normalized_score'])} "
+            f"| {_num(r['eval/return_mean'])} ± {_num(r['eval/return_std'])} | {_num(q)} "
+            f"| {_num(mc)} | {_num(q - mc)} | {summaries[algo]['steps']} "
+            f"| {_num(summaries[algo]['steps_per_second'], '.0f')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -203,10 +217,12 @@ Made by `python -m deep.demo` on `{dataset}` (seed {seed}), in {minutes:.1f} min
 
 Where to look:
 
-- `results.md`: the final table (also below).
-- `comparison.png`: left, the evaluation score of each agent over training; right, each
-  critic's prediction Q(s₀, π(s₀)) at the evaluation episodes' start states (solid) next to
-  the discounted return the policy actually obtained from them (dashed).
+- `results.md`: the final table (also below): each final checkpoint evaluated on
+  {episodes} episodes. Q(s₀, π(s₀)) is the critic's prediction at the episodes' start states,
+  MC the discounted return (γ = {gamma}) the policy actually obtained from them.
+- `comparison.png`: left, the evaluation score of each agent over training; right, the
+  critic's over-estimation Q − MC at each evaluation (above 0: over-estimates its own value;
+  below: conservative).
 - `cql/`, `sac/`, `bc/`: one run each. `learning_curves.png` (losses, score, Q vs MC),
   `metrics.csv` (every logged number), `summary.json`, `config.json` (resolved settings),
   `checkpoint.pt` (re-evaluate with `python -m deep.evaluate {out}/cql`), and `tb/` for
@@ -225,20 +241,20 @@ What this run shows:
 {table}"""
 
 
-def observations(summaries: dict[str, dict[str, Any]], behaviour: str) -> str:
+def observations(final: dict[str, dict[str, Any]], behaviour: str) -> str:
     """Bullet points stating, from the numbers, what each critic did and who scored best."""
     lines = []
-    for algo, s in summaries.items():
-        q, mc = s.get("q_estimate_mean"), s.get("mc_return_mean")
-        if not (isinstance(q, float) and isinstance(mc, float)) or math.isnan(q):
+    for algo, r in final.items():
+        q, mc = r["eval/q_estimate"], r["eval/mc_return"]
+        if math.isnan(q):
             continue
         verdict = "an over-estimate" if q > mc else "a conservative under-estimate"
         lines.append(
             f"- {LABELS.get(algo, algo)}: the critic predicts {q:.1f} at the start states; the "
             f"policy obtained {mc:.1f} from them: {verdict} by {abs(q - mc):.1f}."
         )
-    scores = {a: s["normalized_score"] for a, s in summaries.items()}
-    finite = {a: v for a, v in scores.items() if isinstance(v, float) and math.isfinite(v)}
+    scores = {a: r["eval/normalized_score"] for a, r in final.items()}
+    finite = {a: v for a, v in scores.items() if math.isfinite(v)}
     if finite:
         best = max(finite, key=lambda a: finite[a])
         lines.append(
@@ -265,6 +281,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tyro
 
     demo = tyro.cli(DemoConfig, args=argv, description=__doc__.split("\n\n")[0])
+    if demo.final_episodes < 1 or demo.workers < 1:
+        raise SystemExit(
+            f"--final-episodes and --workers must be >= 1, got {demo.final_episodes} and "
+            f"{demo.workers}"
+        )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small networks: one thread each is fastest on a shared machine
+    try:
+        return _demo(demo)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _demo(demo: DemoConfig) -> int:
+    """Train (or reuse) the runs, evaluate their final checkpoints, write the folder."""
     start = time.perf_counter()
     out = Path(demo.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,19 +304,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     behaviour = behaviour_score(demo.dataset)
 
     jobs = {algo: _prepare(c) for algo, c in configs.items()}
-    # spawn: fresh interpreters, so no torch/OpenMP state is inherited through fork.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=demo.workers, mp_context=context) as pool:
-        futures = {algo: pool.submit(_train, job) for algo, job in jobs.items()}
-        _progress(configs, futures)
-        summaries = {algo: f.result() for algo, f in futures.items()}
+    summaries: dict[str, dict[str, Any]] = {}
+    if demo.workers == 1:
+        for algo, job in jobs.items():
+            print(f"training {LABELS[algo]} ({configs[algo].steps} steps)", flush=True)
+            summaries[algo] = run(job)
+    else:
+        # spawn: fresh interpreters, so no torch/OpenMP state is inherited through fork.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=demo.workers, mp_context=context) as pool:
+            futures = {algo: pool.submit(_train, job) for algo, job in jobs.items()}
+            _progress(configs, futures)
+            summaries = {algo: f.result() for algo, f in futures.items()}
 
     plots.plot_comparison(
         {LABELS[a]: Path(c.out or "") for a, c in configs.items()},
         out / plots.COMPARISON,
         behaviour_score=float(behaviour) if behaviour != "n/a" else None,
     )
-    table = results_table(summaries)
+    final = {
+        algo: evaluate_checkpoint(c.out or "", episodes=demo.final_episodes, device="cpu")
+        for algo, c in configs.items()
+    }
+    table = results_table(final, summaries)
     (out / "results.md").write_text(table)
     minutes = (time.perf_counter() - start) / 60
     (out / "README.md").write_text(
@@ -294,12 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=demo.seed,
             minutes=minutes,
             out=demo.out,
-            observations=observations(summaries, behaviour),
+            observations=observations(final, behaviour),
             table=table,
+            episodes=demo.final_episodes,
+            gamma=demo.gamma,
         )
     )
-    for algo, c in configs.items():
-        assert (Path(c.out or "") / SUMMARY_NAME).exists(), algo
     print()
     print(table)
     print(f"Wrote {out}/README.md, results.md, comparison.png in {minutes:.1f} minutes.")

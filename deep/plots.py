@@ -98,13 +98,15 @@ def plot_run(run_dir: str | Path, title: str | None = None) -> Path:
 def plot_comparison(
     runs: Mapping[str, str | Path], out: str | Path, behaviour_score: float | None = None
 ) -> Path:
-    """Overlay runs (label -> run dir): evaluation score, and Q estimate vs MC return.
+    """Overlay runs (label -> run dir): evaluation score, and the critic's over-estimation.
 
-    In the right panel each algorithm has one colour: solid is its critic's prediction at the
-    start states, dashed the discounted return it actually obtained there. ``behaviour_score``
-    (the dataset's own score) is drawn as a horizontal line. Returns ``out``.
+    Right panel: ``eval/q_estimate − eval/mc_return`` at each evaluation, the critic's
+    prediction Q(s₀, π(s₀)) minus the discounted return the policy obtained from s₀ (above 0:
+    over-estimation; below: conservative). Runs without a critic are left out of it.
+    ``behaviour_score`` (the dataset's own score) is drawn as a horizontal line. Returns
+    ``out``.
     """
-    fig, (ax_score, ax_q) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig, (ax_score, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     score_label = "return"
     for i, (name, run_dir) in enumerate(runs.items()):
         color = f"C{i}"
@@ -112,16 +114,21 @@ def plot_comparison(
         key, score_label = _score_key(metrics)
         ax_score.plot(*_series(metrics, key), marker="o", color=color, label=name)
         x, q = _series(metrics, "eval/q_estimate")
-        if q.size:
-            ax_q.plot(x, q, color=color, marker="o", label=f"{name}: predicted Q")
-        x, mc = _series(metrics, "eval/mc_return")
-        ax_q.plot(x, mc, color=color, linestyle="--", marker="s", label=f"{name}: MC return")
+        x_mc, mc = _series(metrics, "eval/mc_return")
+        if q.size and np.array_equal(x, x_mc):
+            ax_gap.plot(x, q - mc, marker="o", color=color, label=name)
     if behaviour_score is not None and math.isfinite(behaviour_score):
         ax_score.axhline(behaviour_score, color="grey", linestyle=":", label="dataset (behaviour)")
     ax_score.set(title=f"evaluation {score_label}", xlabel="gradient step", ylabel=score_label)
     ax_score.legend()
-    ax_q.set(title="Q(s₀, π(s₀)) predicted vs discounted return obtained", xlabel="gradient step")
-    ax_q.legend(fontsize="small")
+    ax_gap.axhline(0.0, color="black", linewidth=0.8)
+    ax_gap.set(
+        title="critic over-estimation: Q(s₀, π(s₀)) − discounted return obtained",
+        xlabel="gradient step",
+        ylabel="Q − MC  (> 0: over-estimates)",
+    )
+    if ax_gap.lines[1:]:
+        ax_gap.legend()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from deep import checkpoint as ckpt_mod
-from deep import evaluate, train
+from deep import demo, evaluate, train
 from deep.data import save_npz
 from deep.envs import generate_builtin
 
@@ -488,3 +488,39 @@ def test_sigkill_then_resume_matches_uninterrupted_run(
     wa = ckpt_mod.load_checkpoint(killed)["agent"]["critic"]
     wb = ckpt_mod.load_checkpoint(reference)["agent"]["critic"]
     assert all(torch.equal(wa[k], wb[k]) for k in wb)
+
+
+# ------------------------------------------------------------------------------ demo
+
+
+def test_demo_writes_table_plots_readme_and_reuses_finished_runs(
+    datasets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    args = [
+        "--out", str(out), "--dataset", str(datasets["pendulum"]), "--cql-steps", "4",
+        "--sac-steps", "4", "--bc-steps", "4", "--eval-every", "2", "--eval-episodes", "1",
+        "--final-episodes", "2", "--hidden-dims", "16", "--workers", "1",
+    ]  # fmt: skip
+    assert demo.main(args) == 0
+    printed = capsys.readouterr().out
+    for name in ("README.md", "results.md", "comparison.png"):
+        assert (out / name).is_file()
+    table = (out / "results.md").read_text()
+    assert table in printed and table in (out / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    assert set(rows) == {"CQL", "offline SAC", "BC"}
+    # The CQL row holds the final evaluation of its checkpoint: recompute it independently.
+    final = evaluate.evaluate_checkpoint(out / "cql", episodes=2, device="cpu")
+    cells = [c.strip() for c in rows["CQL"].split("|")[1:-1]]
+    assert cells[1] == f"{final['eval/normalized_score']:.1f}"
+    assert cells[3] == f"{final['eval/q_estimate']:.1f}"
+    assert cells[5] == f"{final['eval/q_estimate'] - final['eval/mc_return']:.1f}"
+    assert rows["BC"].split("|")[4].strip() == "n/a"  # no critic, no Q estimate
+
+    # A second demo with the same settings reuses the finished runs instead of retraining.
+    before = (out / "cql" / "metrics.csv").read_text()
+    stamp = (out / "cql" / "checkpoint.pt").stat().st_mtime_ns
+    assert demo.main(args) == 0
+    assert (out / "cql" / "metrics.csv").read_text() == before
+    assert (out / "cql" / "checkpoint.pt").stat().st_mtime_ns == stamp
