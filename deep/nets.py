@@ -173,12 +173,14 @@ class _Float32Head(torch.autograd.Function):
         return torch.addmm(bias, h.to(weight.dtype), weight)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         h, weight = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad
         g = grad.to(h.dtype)  # (R, 1)
-        grad_h = torch.mm(g, weight.to(h.dtype).t())  # (R, H) in bfloat16
-        grad_w = torch.mm(h.t(), g).to(weight.dtype)  # (H, 1)
-        return grad_h, grad_w, grad.sum(0, keepdim=True)
+        grad_h = torch.mm(g, weight.to(h.dtype).t()) if need_h else None  # (R, H), bfloat16
+        grad_w = torch.mm(h.t(), g).to(weight.dtype) if need_w else None  # (H, 1)
+        grad_b = grad.sum(0, keepdim=True) if need_b else None
+        return grad_h, grad_w, grad_b
 
 
 def _ensemble_mlp(
