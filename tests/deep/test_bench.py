@@ -191,3 +191,30 @@ def test_command_line_prints_one_json_line_per_case(
     records = [json.loads(line) for line in lines]
     assert [r["case"] for r in records] == ["hopper(11,3)", "halfcheetah(17,6)"]
     assert all(r["steps_per_second"] > 0 and r["device"] == "cpu" for r in records)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gpu_layout_of_the_critic_matches_the_cpu_layout(precision: str) -> None:
+    # The CPU runs members one by one in row blocks, a GPU one batched matmul per layer; the
+    # GPU layout is exercised here on the CPU: same Q values, same gradients.
+    from deep.nets import EnsembleQ, _ensemble_mlp, _layer_params
+
+    g = torch.Generator().manual_seed(4)
+    critic = EnsembleQ(5, 2, n_critics=3, hidden=(16, 8), generator=g)
+    x = torch.cat([torch.randn(23, 7, generator=g), torch.ones(23, 1)], dim=1)  # [s, a, 1]
+    outs, grads = [], []
+    for per_member, chunk in [(True, 5), (True, None), (False, None)]:
+        critic.zero_grad(set_to_none=True)
+        params = [_layer_params(layer, False) for layer in critic.layers]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            q = _ensemble_mlp(x, params, per_member=per_member, chunk_rows=chunk)
+        assert q.shape == (3, 23, 1) and q.dtype == torch.float32
+        q.square().sum().backward()
+        outs.append(q.detach())
+        grads.append([p.grad.clone() for p in critic.parameters() if p.grad is not None])
+    tol = {"rtol": 1e-5, "atol": 1e-6} if precision == "fp32" else {"rtol": 2e-2, "atol": 2e-2}
+    for q, grad in zip(outs[1:], grads[1:], strict=True):
+        torch.testing.assert_close(q, outs[0], **tol)
+        assert len(grad) == len(grads[0]) == 6  # 3 layers × (weight, bias), all reached
+        for a, b in zip(grad, grads[0], strict=True):
+            torch.testing.assert_close(a, b, **tol)
