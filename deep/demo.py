@@ -214,6 +214,8 @@ def results_table(final: dict[str, dict[str, Any]], summaries: dict[str, dict[st
 README = """# Demo: CQL vs offline SAC vs behaviour cloning
 
 Made by `python -m deep.demo` on `{dataset}` (seed {seed}), in {minutes:.1f} minutes.
+Gradient steps: {steps}; networks {hidden}, γ = {gamma}, target τ = {tau} (chosen so the
+critics converge within the budget; `python -m deep.demo --help` explains them).
 
 Where to look:
 
@@ -280,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Train the three agents, then write the plots, the table and the README."""
     import tyro
 
-    demo = tyro.cli(DemoConfig, args=argv, description=__doc__.split("\n\n")[0])
+    demo = tyro.cli(DemoConfig, args=argv, description=(__doc__ or "").split("\n\n")[0])
     if demo.final_episodes < 1 or demo.workers < 1:
         raise SystemExit(
             f"--final-episodes and --workers must be >= 1, got {demo.final_episodes} and "
@@ -339,6 +341,9 @@ def _demo(demo: DemoConfig) -> int:
             table=table,
             episodes=demo.final_episodes,
             gamma=demo.gamma,
+            tau=demo.target_tau,
+            hidden="×".join(map(str, demo.hidden_dims)),
+            steps=", ".join(f"{LABELS[a]} {c.steps:,}" for a, c in configs.items()),
         )
     )
     print()

@@ -151,7 +151,7 @@ def format_result(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``python -m deep.evaluate``, ``cql-evaluate``)."""
-    args = tyro.cli(EvaluateConfig, args=argv, description=__doc__.split("\n\n")[0])
+    args = tyro.cli(EvaluateConfig, args=argv, description=(__doc__ or "").split("\n\n")[0])
     try:
         result = evaluate_checkpoint(
             args.checkpoint, args.episodes, args.seed, args.env_id, args.device

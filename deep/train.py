@@ -983,7 +983,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``python -m deep.train``, ``cql-train``)."""
     import tyro
 
-    config = tyro.cli(TrainConfig, args=argv, description=__doc__.split("\n\n")[0])
+    config = tyro.cli(TrainConfig, args=argv, description=(__doc__ or "").split("\n\n")[0])
     try:
         summary = run(config)
     except KeyboardInterrupt:
