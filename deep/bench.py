@@ -1,6 +1,7 @@
 """How fast is one CQL update, next to this machine's matmul rate and next to d3rlpy?
 
-``python -m deep.bench [--peer d3rlpy] [--precision fp32|bf16] [--device cpu|cuda] [--compile]``
+``python -m deep.bench [--peer d3rlpy] [--precision fp32|bf16] [--device cpu|cuda] [--compile]
+[--threads T] [--clock wall|cpu] [--malloc default|tuned]``
 
 The standard gym-mujoco setting (DESIGN.md, "usual gym-mujoco settings"): 3×256 MLPs for the
 actor and both critics, batch 256, N = 10 sampled actions per group (3N = 30 pushed down per
@@ -13,24 +14,37 @@ Each case prints one JSON line:
 
 - ``steps_per_second``: median over ``--repeats`` timed blocks of ``--steps`` updates, after
   warm-up; ``steps_per_second_spread`` is [min, max] over the blocks.
-- ``update_gflop``: matmul work of one update, counted from the layer sizes by
-  :func:`cql_update_flops` (bias adds, activations, the optimiser and the log-sum-exp are not
-  counted: they are memory traffic, not arithmetic, and are what keeps an update from the limit).
+- ``update_gflop``: matmul work of one update, counted per network pass from the layer sizes
+  by :func:`cql_update_flops` (bias adds, activations, the optimiser and the log-sum-exp are
+  not counted: they are memory traffic, not arithmetic, and are what keeps an update from the
+  limit).
 - ``matmul_gflops``: this machine's measured rate in the update's precision (fp32, or bf16 for
   ``--precision bf16``), the best of the shapes the update multiplies, (256…7936) × 256 × 256,
-  measured in every repeat right before the update block (the machine is shared; the median
-  over repeats is reported).
+  measured in every repeat right before the update block (the machine may be shared; the
+  median over repeats is reported).
 - ``limit_fraction`` = update_gflop × steps_per_second / matmul_gflops: 1.0 would be an update
   that does nothing but its matmuls, at the best rate this machine reaches on them.
+- ``host_reads_per_update``: ops that read a tensor's value on the host during one update
+  (``.item()``, ``bool(t)``, …; torch.optim's CPU step counter excepted): 0 means the update
+  never waits for the device.
 - with ``--peer d3rlpy``: ``peer_steps_per_second`` (d3rlpy's CQL in the same setting, timed in
   alternation with ours in the same process, so both see the same load) and
-  ``peer_ratio`` = ours / peer, the median of the per-repeat ratios.
+  ``peer_ratio`` = ours / peer, the median of the per-repeat ratios, with its spread.
+
+``--clock cpu`` times with the process's CPU time instead of the wall clock: with
+``--threads 1`` on a machine shared with other jobs it leaves out the time the core spent on
+them (the wall clock is the default and the number to quote on a quiet machine or a GPU).
+``--malloc tuned`` sets glibc's allocator to keep freed memory (:func:`tune_glibc_malloc`),
+for both implementations alike.
 
 d3rlpy is optional (``pip install --no-deps d3rlpy`` plus the modules it imports; it pins an
 older gymnasium). Its config here: VectorEncoderFactory([256, 256, 256]) for actor and critics,
 batch 256, n_critics 2, n_action_samples 10, conservative_weight 5, initial_alpha 1 with
 alpha_learning_rate 0 (fixed weight), temperature learned at 1e-4, critic 3e-4, actor 1e-4,
 gamma 0.99, tau 5e-3; timed through ``algo.impl.update`` on a batch already on the device.
+Algorithmic differences that remain: d3rlpy backs up Q̄ at the policy's mean action at s'
+(ours samples a' ~ π(·|s')), and it takes its own actor forward and backward pass for the
+actor and temperature losses (ours shares one backward pass).
 """
 
 from __future__ import annotations
