@@ -352,9 +352,10 @@ def make_d3rlpy_update(
         from d3rlpy.torch_utility import TorchMiniBatch
     except ImportError as err:
         raise ImportError(
-            "--peer d3rlpy needs d3rlpy: pip install --no-deps d3rlpy==2.8.1 gym==0.26.2 "
-            "gym-notices structlog dataclasses-json 'marshmallow<4' typing-inspect "
-            f"scikit-learn click colorama ({err})"
+            "--peer d3rlpy needs d3rlpy and the modules it imports: pip install gym==0.26.2 "
+            "structlog dataclasses-json 'marshmallow<4' typing-inspect scikit-learn click "
+            "colorama && pip install --no-deps d3rlpy==2.8.1 (with its dependencies it would "
+            f"downgrade gymnasium to 1.0.0) ({err})"
         ) from err
     setting = setting if setting is not None else BenchSetting()
     device = torch.device(device)
