@@ -14,7 +14,7 @@ endif
 PIP := $(BIN)/python -m pip
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint typecheck bench setup clean
+.PHONY: demo test lint typecheck bench bench-peer setup clean
 
 demo: $(VENV)/.installed-base
 	$(BIN)/python -m deep.demo
@@ -32,6 +32,12 @@ lint: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-base
 	$(BIN)/python -m theory.bench
 	$(BIN)/python -m deep.bench
+
+# The same CQL update in d3rlpy, timed in the same process (d3rlpy without its gymnasium pin).
+bench-peer: $(VENV)/.installed-base
+	$(PIP) install -e ".[bench]"
+	$(PIP) install --no-deps "d3rlpy==2.8.1"
+	$(BIN)/python -m deep.bench --peer d3rlpy --threads 1 --clock cpu
 
 setup: $(VENV)/.installed-dev
 
