@@ -41,10 +41,11 @@ np.set_printoptions(precision=3, suppress=True)
 # $$
 #
 # with the target $y_i$ held fixed (no gradient through $\bar Q$). In `deep.losses` the bracket is
-# `cql_regularizer(..., estimator="exact")`, the squared error is `td_loss` and $y$ is
-# `td_target`: the same functions `DiscreteCQL.update` calls. Now let the batch be the whole
-# dataset, $B = N$. A batch mean is then an expectation under $s \sim \mathcal{D}$,
-# $a \sim \hat\pi_\beta$, and for a table the gradient in one entry is
+# `cql_regularizer(..., estimator="exact")` and the squared error `td_loss`, the two functions
+# `DiscreteCQL.update` calls; $y$ is `td_target` (the agent uses its greedy sibling
+# `double_dqn_target`, for control rather than evaluation of a fixed $\pi$). Now let the
+# batch be the whole dataset, $B = N$. A batch mean is then an expectation under
+# $s \sim \mathcal{D}$, $a \sim \hat\pi_\beta$, and for a table the gradient in one entry is
 #
 # $$
 # \frac{\partial L}{\partial Q(s, a)}

@@ -244,13 +244,14 @@ assert edge["CQL"] < edge["data"]  # CQL stays where it is not
 #
 # Each group is an unbiased estimate of the integral, so their average is too; the logarithm
 # of it is biased low (Jensen's inequality), by less as $N$ grows. The explainer this project
-# started from scores the third group with $Q$ at $s'$ instead, i.e. $Q(s', a'_j) - \log\pi(a'_j \mid s')$:
-# that group estimates $\int e^{Q(s', a)/T} da$, the integral of another state, and the error
-# does not go away with more samples. `deep.losses.cql_regularizer` implements the estimate;
-# with a uniform grid of $G$ midpoints in place of random uniform draws, the same function
-# computes the midpoint rule $\frac{2}{G}\sum_g e^{Q(s, a_g)/T}$, the exact integral up to
-# $O(G^{-2})$ for a smooth $Q$. Below, with the trained CQL critic and actor, the estimate is
-# compared with the grid value at 64 dataset states, 50 independent draws per $N$.
+# started from scores the third group with $Q$ at $s'$ instead, i.e. uses
+# $Q(s', a'_j) - \log\pi(a'_j \mid s')$: that group estimates $\int e^{Q(s', a)/T} da$, the
+# integral of another state, and the error does not go away with more samples.
+# `deep.losses.cql_regularizer` implements the estimate; with a uniform grid of $G$ midpoints
+# in place of random uniform draws, the same function computes the midpoint rule
+# $\frac{2}{G}\sum_g e^{Q(s, a_g)/T}$, the exact integral up to $O(G^{-2})$ for a smooth $Q$.
+# Below, with the trained CQL critic and actor, the estimate is compared with the grid value
+# at 64 dataset states, 50 independent draws per $N$.
 
 # %%
 agent, agent_config, normalizer = load_agent(workdir / "cql")
@@ -322,11 +323,12 @@ plt.show()
 # heavy-tailed (a tanh-Gaussian density vanishes at the edges of the box faster than any
 # power), so the bias shrinks more slowly than $1/N$. Scoring the third group at $s'$ gives an
 # error of a different kind: about half a nat here, growing slightly towards its limit instead
-# of shrinking, because it estimates a mixture of this state's integral and the next state's. It is not a harmless constant
-# either: it depends on $Q(s', \cdot)$, so its gradient pushes down values at the next states
-# rather than at $s$, which is not the paper's objective (the official implementation scores all
-# three groups at $s$, as here). The official code also leaves out the $-\log 3N$ that turns
-# the sum into a mean; that constant changes no gradient, only the gap's level.
+# of shrinking, because it estimates a mixture of this state's integral and the next state's.
+# It is not a harmless constant either: it depends on $Q(s', \cdot)$, so its gradient pushes
+# down values at the next states rather than at $s$, which is not the paper's objective (the
+# official implementation scores all three groups at $s$, as here). The official code also
+# leaves out the $-\log 3N$ that turns the sum into a mean; that constant changes no gradient,
+# only the gap's level.
 
 # %%
 ours, blog = errors["CQL (all groups at s)"], errors["explainer (third group at s')"]
