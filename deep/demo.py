@@ -159,7 +159,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
 
 def _progress(configs: dict[str, TrainConfig], futures: dict[str, Future[Any]]) -> None:
     """One progress bar per run, fed from the rows each run writes to its metrics.csv."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bars = {
         algo: tqdm(total=c.steps, desc=f"{LABELS[algo]:>12}", position=i, dynamic_ncols=True)

@@ -1,4 +1,4 @@
-"""Learning-curve PNGs from a run's ``metrics.csv`` (matplotlib, headless Agg backend).
+"""Learning-curve PNGs from a run's ``metrics.csv`` (matplotlib's object API, no pyplot).
 
 :func:`plot_run` draws one run (losses, evaluation score, Q estimate vs Monte-Carlo return);
 :func:`plot_comparison` overlays several runs, as the demo does for CQL, offline SAC and BC.
@@ -11,12 +11,11 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on servers and CI
-
-import matplotlib.pyplot as plt
 import numpy as np
+
+# Figures are drawn on a bare Figure (Agg canvas) rather than through pyplot, so writing PNGs
+# neither needs a display nor changes the backend of a notebook or script that imports this.
+from matplotlib.figure import Figure
 
 LEARNING_CURVES = "learning_curves.png"
 COMPARISON = "comparison.png"
@@ -59,7 +58,8 @@ def plot_run(run_dir: str | Path, title: str | None = None) -> Path:
     """
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir / "metrics.csv")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    fig = Figure(figsize=(15, 4), layout="constrained")
+    axes = fig.subplots(1, 3)
 
     ax = axes[0]
     for key in sorted(k for k in metrics if k.startswith("loss/")):
@@ -91,7 +91,6 @@ def plot_run(run_dir: str | Path, title: str | None = None) -> Path:
         fig.suptitle(title)
     out = run_dir / LEARNING_CURVES
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 
@@ -106,7 +105,8 @@ def plot_comparison(
     ``behaviour_score`` (the dataset's own score) is drawn as a horizontal line. Returns
     ``out``.
     """
-    fig, (ax_score, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax_score, ax_gap = fig.subplots(1, 2)
     score_label = "return"
     for i, (name, run_dir) in enumerate(runs.items()):
         color = f"C{i}"
@@ -132,5 +132,4 @@ def plot_comparison(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out

@@ -779,7 +779,7 @@ def _train(
     config: TrainConfig, run_dir: Path, ckpt: dict[str, Any] | None, device: torch.device
 ) -> dict[str, Any]:
     """The body of :func:`run`, once the config, directory and device are settled."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from deep.data import ObservationNormalizer, ReplaySampler, load_dataset, normalize_dataset
 
