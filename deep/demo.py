@@ -18,6 +18,11 @@ SAC then BC on the other) and writes into one folder (default ``runs/demo``):
 What to expect: offline SAC's critic, trained on the dataset only, over-estimates the value
 of the actions its own policy picks (Q far above the return it obtains), while CQL's estimate
 stays at or below the obtained return: the lower bound of the paper's Theorem 3.2.
+Measured on seeds 0, 1, 2 (final 50-episode scores): CQL 48.2 / 54.2 / 38.0, offline SAC
+-23.7 / -30.6 / -24.9, BC 47.2 / 52.3 / 50.8; Q - MC of CQL -8.2 / -5.5 / -0.1, of SAC +41.5 /
++46.5 / +42.0. The gap to SAC is a matter of budget on this dataset: its noisy behaviour covers
+the one-dimensional action space, and with 30,000 steps offline SAC recovers (99.4 on seed 10)
+once its critic has corrected the over-estimation that CQL never makes.
 
 Three settings differ from the agents' gym-mujoco defaults so that the demo fits its budget
 (about 15,000 gradient steps) and its critics converge within it: networks of 2×64 units
