@@ -16,8 +16,6 @@ gradient to zero; its zero is the stationary point Q = B̂^π Q − α(μ/π̂_�
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -26,17 +24,6 @@ from deep.losses import cql_regularizer, td_loss, td_target
 from theory.cql import cql_evaluate, cql_h_evaluate
 from theory.data import EmpiricalMDP, sample_dataset
 from theory.mdp import random_mdp
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    # Tiny tensors: with two intra-op threads per test worker on a shared 2-core machine the
-    # OpenMP hand-offs cost more than the arithmetic (a 2400-element exp took ms, not µs).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 S, A, N_ROWS, GAMMA = 5, 3, 1000, 0.9
 

@@ -7,7 +7,6 @@ import io
 import itertools
 import math
 import traceback
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,17 +27,6 @@ from deep.agents import (
 )
 from deep.data import Batch
 from deep.losses import uniform_log_density
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    # Tiny tensors: with two intra-op threads per test worker on a shared 2-core machine the
-    # OpenMP hand-offs cost more than the arithmetic (a 2400-element exp took ms, not µs).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 OBS, ACT, N_ACTIONS, B = 5, 3, 4, 32
 SMALL = {"actor_hidden": (32, 32), "critic_hidden": (32, 32)}

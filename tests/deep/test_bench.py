@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,14 +24,6 @@ from deep.bench import (
 )
 
 TINY = BenchSetting(hidden=(16, 8), batch_size=8, n_actions=3)
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_mlp_pass_flops_by_hand() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -27,16 +26,6 @@ from deep.losses import (
     uniform_log_density,
 )
 from deep.nets import tanh_gaussian_log_prob, tanh_gaussian_sample
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    # Tiny tensors: with two intra-op threads per test worker on a shared 2-core machine the
-    # OpenMP hand-offs cost more than the arithmetic (a 2400-element exp took ms, not µs).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def t(x: object) -> torch.Tensor:

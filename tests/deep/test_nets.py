@@ -4,7 +4,6 @@ and the tanh-Gaussian log-density against torch.distributions and a float64 iden
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -23,16 +22,6 @@ from deep.nets import (
     tanh_gaussian_sample,
     tanh_log_abs_det_jacobian,
 )
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    # Tiny tensors: with two intra-op threads per test worker on a shared 2-core machine the
-    # OpenMP hand-offs cost more than the arithmetic (a 2400-element exp took ms, not µs).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _member_as_sequential(layers: nn.ModuleList, i: int) -> nn.Sequential:
