@@ -24,6 +24,14 @@ Each case prints one JSON line:
   median over repeats is reported).
 - ``limit_fraction`` = update_gflop × steps_per_second / matmul_gflops: 1.0 would be an update
   that does nothing but its matmuls, at the best rate this machine reaches on them.
+- ``matmul_ceiling_fraction``: the update's own matmul calls (recorded from one update with
+  their shapes, strides and dtypes) replayed alone, back to back on stand-in tensors: their
+  FLOPs over that time, divided by ``matmul_gflops``. It is the ``limit_fraction`` of an update
+  that did nothing but its matmuls, so ``limit_fraction`` cannot exceed it; below 1 it shows
+  what the update's shapes and layouts (transposed operands of the weight gradients, bias
+  prefills of ``addmm``, thin first layers) cost the matmul library.
+  ``matmul_time_share``: that replay time over the update's time, the share of an update its
+  matmuls need; the rest is elementwise work, allocation and dispatch.
 - ``host_reads_per_update``: ops that read a tensor's value on the host during one update
   (``.item()``, ``bool(t)``, …; torch.optim's CPU step counter excepted): 0 means the update
   never waits for the device.
@@ -52,6 +60,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import statistics
 import sys
@@ -71,6 +80,7 @@ __all__ = [
     "CASES",
     "BenchSetting",
     "HostReadDetector",
+    "MatmulRecorder",
     "Precision",
     "cql_update_flops",
     "main",
@@ -79,6 +89,7 @@ __all__ = [
     "make_d3rlpy_update",
     "matmul_gflops",
     "mlp_pass_flops",
+    "replay_seconds",
     "run_case",
     "tune_glibc_malloc",
 ]
@@ -457,6 +468,93 @@ Clock = Literal["wall", "cpu"]
 _CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+# ----------------------------------------------------------------------------------------
+# The update's own matmuls, replayed alone
+# ----------------------------------------------------------------------------------------
+
+_MATMUL_OPS = {"mm": (0, 1), "addmm": (1, 2), "bmm": (0, 1), "baddbmm": (1, 2)}
+"""aten matmul op -> positions of its two factors (every ``@`` reaches one of these)."""
+
+
+@dataclass(frozen=True)
+class _TensorSpec:
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+    def make(self, generator: torch.Generator) -> Tensor:
+        """A tensor of this layout (standard normal values) over a storage of its own."""
+        extent = 1 + sum((n - 1) * st for n, st in zip(self.shape, self.stride, strict=True))
+        base = torch.randn(
+            max(extent, 1), generator=generator, device=self.device, dtype=torch.float32
+        )
+        return base.to(self.dtype).as_strided(self.shape, self.stride)
+
+
+class MatmulRecorder(TorchDispatchMode):
+    """Records every matmul (``mm``, ``addmm``, ``bmm``, ``baddbmm``) run while active, with the
+    layout of its operands: ``calls`` is a list of (op, args) with tensors replaced by their
+    shape, stride, dtype and device; ``flop`` the FLOPs of the recorded calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
+        self.flop = 0
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        name = func.__name__.split(".")[0]
+        if name in _MATMUL_OPS and not kwargs:
+            i, j = _MATMUL_OPS[name]
+            a, b = args[i], args[j]
+            # (…, m, k) @ (…, k, n): 2·m·k·n per batch entry
+            batch = a.shape[0] if a.dim() == 3 else 1
+            self.flop += 2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+            spec = tuple(
+                _TensorSpec(tuple(x.shape), tuple(x.stride()), x.dtype, x.device)
+                if isinstance(x, Tensor)
+                else x
+                for x in args
+            )
+            self.calls.append((func, spec))
+        return func(*args, **(kwargs or {}))
+
+
+def replay_seconds(
+    calls: Sequence[tuple[Any, tuple[Any, ...]]],
+    device: str | torch.device = "cpu",
+    repeats: int = 3,
+    clock: Clock = "wall",
+) -> float:
+    """Seconds one pass over ``calls`` (from :class:`MatmulRecorder`) takes, run back to back on
+    stand-in tensors of the recorded layouts, each call with operands of its own (as in the
+    update, where no two matmuls read the same activations); the best of ``repeats`` timed
+    passes after one warm-up pass."""
+    device = torch.device(device)
+    g = torch.Generator(device).manual_seed(0)
+    prepared = [
+        (op, tuple(x.make(g) if isinstance(x, _TensorSpec) else x for x in spec))
+        for op, spec in calls
+    ]
+    now = _CLOCKS[clock]
+    best = math.inf
+    for k in range(repeats + 1):
+        _sync(device)
+        start = now()
+        for op, args in prepared:
+            op(*args)
+        _sync(device)
+        if k > 0:
+            best = min(best, now() - start)
+    return best
+
+
 def _steps_per_second(
     step: StepFn, n_steps: int, device: torch.device, clock: Clock = "wall"
 ) -> float:
@@ -528,9 +626,12 @@ def run_case(
             theirs()
     with HostReadDetector() as detector:
         ours()
-    rates, ours_sps, theirs_sps = [], [], []
+    with MatmulRecorder() as recorder:
+        ours()
+    rates, replays, ours_sps, theirs_sps = [], [], [], []
     for _ in range(repeats):
         rates.append(matmul_gflops(precision, device, clock=clock))
+        replays.append(replay_seconds(recorder.calls, device, repeats=1, clock=clock))
         ours_sps.append(_steps_per_second(ours, steps, device, clock))
         if theirs is not None:
             theirs_sps.append(_steps_per_second(theirs, steps, device, clock))
@@ -538,6 +639,7 @@ def run_case(
         obs_dim, act_dim, setting.hidden, setting.batch_size, setting.n_actions, setting.n_critics
     )
     sps, rate = statistics.median(ours_sps), statistics.median(rates)
+    replay = statistics.median(replays)
     record: dict[str, Any] = {
         "case": f"{case}{CASES[case]}".replace(" ", ""),
         "obs_dim": obs_dim,
@@ -552,6 +654,8 @@ def run_case(
         "update_gflop": round(flop / 1e9, 4),
         "matmul_gflops": round(rate, 1),
         "limit_fraction": round(flop / 1e9 * sps / rate, 3),
+        "matmul_ceiling_fraction": round(recorder.flop / 1e9 / replay / rate, 3),
+        "matmul_time_share": round(replay * sps, 3),
         "host_reads_per_update": len(detector.reads),
     }
     if theirs is not None:

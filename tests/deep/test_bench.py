@@ -16,11 +16,13 @@ from deep import bench
 from deep.bench import (
     BenchSetting,
     HostReadDetector,
+    MatmulRecorder,
     cql_update_flops,
     make_batches,
     make_cql_update,
     matmul_gflops,
     mlp_pass_flops,
+    replay_seconds,
 )
 
 TINY = BenchSetting(hidden=(16, 8), batch_size=8, n_actions=3)
@@ -69,6 +71,51 @@ def test_flop_count_is_the_work_of_a_real_update(precision: bench.Precision) -> 
         obs_dim, act_dim, TINY.hidden, TINY.batch_size, TINY.n_actions, TINY.n_critics
     )
     assert counter.get_total_flops() == expected
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_recorded_matmuls_are_the_counted_work_and_replay_with_their_layouts(
+    precision: bench.Precision,
+) -> None:
+    obs_dim, act_dim = 5, 2
+    _, step = make_cql_update(obs_dim, act_dim, TINY, precision=precision)
+    step()
+    with MatmulRecorder() as recorder:
+        step()
+    expected = cql_update_flops(
+        obs_dim, act_dim, TINY.hidden, TINY.batch_size, TINY.n_actions, TINY.n_critics
+    )
+    assert recorder.flop == expected
+    ops = {op.__name__.split(".")[0] for op, _ in recorder.calls}
+    assert ops <= {"mm", "addmm", "bmm", "baddbmm"} and "mm" in ops
+    # the stand-ins keep each operand's layout: transposed views and broadcast (stride 0)
+    # rows included
+    g = torch.Generator().manual_seed(0)
+    for _, spec in recorder.calls:
+        for x in spec:
+            if isinstance(x, bench._TensorSpec):
+                t = x.make(g)
+                assert (tuple(t.shape), t.stride(), t.dtype) == (x.shape, x.stride, x.dtype)
+    assert any(
+        isinstance(x, bench._TensorSpec) and len(x.shape) >= 2 and x.stride[-2:] == (1, x.shape[-2])
+        for _, spec in recorder.calls
+        for x in spec
+    ), "no transposed operand recorded: the weight gradients read activations transposed"
+    seconds = replay_seconds(recorder.calls, repeats=2)
+    assert 0 < seconds < 10
+
+
+def test_replay_times_the_recorded_calls() -> None:
+    # 20 products of (256 × 64) @ (64 × 64) take longer to replay than 2 of them
+    a, w = torch.randn(256, 64), torch.randn(64, 64)
+    with MatmulRecorder() as few:
+        for _ in range(2):
+            a @ w
+    with MatmulRecorder() as many:
+        for _ in range(20):
+            a @ w
+    assert many.flop == 10 * few.flop == 20 * 2 * 256 * 64 * 64
+    assert replay_seconds(many.calls, repeats=3) > replay_seconds(few.calls, repeats=3)
 
 
 def test_standard_setting_is_about_three_forward_passes_of_the_critics() -> None:
@@ -166,6 +213,7 @@ def test_run_case_record_and_bad_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lo <= record["steps_per_second"] <= hi
     expected_fraction = flop / 1e9 * record["steps_per_second"] / 100.0
     assert record["limit_fraction"] == pytest.approx(expected_fraction, rel=0.01, abs=1e-3)
+    assert record["matmul_ceiling_fraction"] > 0 and 0 < record["matmul_time_share"]
     with pytest.raises(ValueError, match="unknown case"):
         bench.run_case("ant")
     with pytest.raises(ValueError, match="unknown peer"):
