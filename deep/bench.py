@@ -425,7 +425,25 @@ HOST_READ_OPS = frozenset({"_local_scalar_dense", "is_nonzero", "nonzero", "mask
 """Ops that bring a tensor's value to the host (.item(), bool(t), data-dependent shapes)."""
 
 
-class HostReadDetector(TorchDispatchMode):
+class _OpWatcher(TorchDispatchMode):
+    """Runs every aten op as usual, after showing it to :meth:`observe`."""
+
+    def observe(self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        self.observe(func.__name__.split(".")[0], func, args, kwargs)
+        return func(*args, **kwargs)
+
+
+class HostReadDetector(_OpWatcher):
     """Records every op in :data:`HOST_READ_OPS` run while active (``reads``: op names).
 
     torch.optim reads its CPU step counter with ``.item()``; that tensor never lives on an
@@ -438,19 +456,11 @@ class HostReadDetector(TorchDispatchMode):
         self.ignore_optim = ignore_optim
         self.reads: list[str] = []
 
-    def __torch_dispatch__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        name = func.__name__.split(".")[0]
+    def observe(self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if name in HOST_READ_OPS:
             inside_optim = any("torch/optim/" in f.filename for f in _stack_frames())
             if not (self.ignore_optim and inside_optim):
                 self.reads.append(name)
-        return func(*args, **(kwargs or {}))
 
 
 def _stack_frames() -> list[Any]:
@@ -492,7 +502,7 @@ class _TensorSpec:
         return base.to(self.dtype).as_strided(self.shape, self.stride)
 
 
-class MatmulRecorder(TorchDispatchMode):
+class MatmulRecorder(_OpWatcher):
     """Records every matmul (``mm``, ``addmm``, ``bmm``, ``baddbmm``) run while active, with the
     layout of its operands: ``calls`` is a list of (op, args) with tensors replaced by their
     shape, stride, dtype and device; ``flop`` the FLOPs of the recorded calls."""
@@ -502,28 +512,21 @@ class MatmulRecorder(TorchDispatchMode):
         self.calls: list[tuple[Any, tuple[Any, ...]]] = []
         self.flop = 0
 
-    def __torch_dispatch__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        name = func.__name__.split(".")[0]
-        if name in _MATMUL_OPS and not kwargs:
-            i, j = _MATMUL_OPS[name]
-            a, b = args[i], args[j]
-            # (…, m, k) @ (…, k, n): 2·m·k·n per batch entry
-            batch = a.shape[0] if a.dim() == 3 else 1
-            self.flop += 2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
-            spec = tuple(
-                _TensorSpec(tuple(x.shape), tuple(x.stride()), x.dtype, x.device)
-                if isinstance(x, Tensor)
-                else x
-                for x in args
-            )
-            self.calls.append((func, spec))
-        return func(*args, **(kwargs or {}))
+    def observe(self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if name not in _MATMUL_OPS or kwargs:
+            return
+        i, j = _MATMUL_OPS[name]
+        a, b = args[i], args[j]
+        # (…, m, k) @ (…, k, n): 2·m·k·n per batch entry
+        batch = a.shape[0] if a.dim() == 3 else 1
+        self.flop += 2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+        spec = tuple(
+            _TensorSpec(tuple(x.shape), tuple(x.stride()), x.dtype, x.device)
+            if isinstance(x, Tensor)
+            else x
+            for x in args
+        )
+        self.calls.append((func, spec))
 
 
 def replay_seconds(
