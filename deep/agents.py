@@ -37,7 +37,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -261,6 +261,18 @@ def _generators(seed: Seed, device: torch.device) -> tuple[torch.Generator, ...]
     return init, train, acting
 
 
+_C = TypeVar("_C")
+
+
+def _resolve_config(agent: str, config: Any, config_type: type[_C]) -> _C:
+    """``config``, or ``config_type()`` when it is None; a config of another type is an
+    error naming both."""
+    cfg = config if config is not None else config_type()
+    if not isinstance(cfg, config_type):
+        raise TypeError(f"{agent} needs a {config_type.__name__}, got {type(cfg).__name__}")
+    return cfg
+
+
 def _check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
@@ -295,6 +307,14 @@ class _AgentBase:
     device: torch.device
     generator: torch.Generator
     act_generator: torch.Generator
+
+    def _init_state(self, device: Device, seed: Seed) -> torch.Generator:
+        """Device, the training and acting generators, step 0; returns the generator that
+        initialises the networks."""
+        self.device = torch.device(device)
+        init_gen, self.generator, self.act_generator = _generators(seed, self.device)
+        self.step = 0
+        return init_gen
 
     def _modules(self) -> dict[str, nn.Module]:
         raise NotImplementedError
@@ -356,6 +376,7 @@ class OfflineSAC(_AgentBase):
 
     has_critic = True
     config: SACConfig
+    _config_type: type[SACConfig] = SACConfig
 
     def __init__(
         self,
@@ -365,14 +386,11 @@ class OfflineSAC(_AgentBase):
         device: Device = "cpu",
         seed: Seed = 0,
     ) -> None:
-        cfg = config if config is not None else self._default_config()
-        if not isinstance(cfg, SACConfig):
-            raise TypeError(f"{type(self).__name__} needs a SACConfig, got {type(cfg).__name__}")
+        cfg = _resolve_config(type(self).__name__, config, self._config_type)
         self._validate(cfg)
         self.config = cfg
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
-        self.device = torch.device(device)
-        init_gen, self.generator, self.act_generator = _generators(seed, self.device)
+        init_gen = self._init_state(device, seed)
         self.actor = TanhGaussianActor(
             obs_dim,
             act_dim,
@@ -394,12 +412,7 @@ class OfflineSAC(_AgentBase):
         self.actor_optim = _adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optim = _adam(self.critic.parameters(), cfg.critic_lr)
         self.entropy_optim = _adam([self.log_alpha], cfg.entropy_lr) if cfg.auto_entropy else None
-        self.step = 0
         self._loss_fn = self._losses
-
-    @staticmethod
-    def _default_config() -> SACConfig:
-        return SACConfig()
 
     def _validate(self, cfg: SACConfig) -> None:
         for name in ("critic_lr", "actor_lr", "entropy_lr", "init_entropy_alpha", "target_tau"):
@@ -635,6 +648,7 @@ class CQL(OfflineSAC):
     """
 
     config: CQLConfig
+    _config_type = CQLConfig
 
     def __init__(
         self,
@@ -644,19 +658,13 @@ class CQL(OfflineSAC):
         device: Device = "cpu",
         seed: Seed = 0,
     ) -> None:
-        cfg = config if config is not None else CQLConfig()
-        if not isinstance(cfg, CQLConfig):
-            raise TypeError(f"CQL needs a CQLConfig, got {type(cfg).__name__}")
-        super().__init__(obs_dim, act_dim, cfg, device, seed)
+        super().__init__(obs_dim, act_dim, config, device, seed)
+        cfg = self.config
         # α' = exp(log α') starts at 1 (official code); only the Lagrange form learns it.
         self.log_alpha_prime = torch.zeros((), device=self.device, requires_grad=cfg.lagrange)
         self.lagrange_optim = (
             torch.optim.Adam([self.log_alpha_prime], lr=cfg.lagrange_lr) if cfg.lagrange else None
         )
-
-    @staticmethod
-    def _default_config() -> SACConfig:
-        return CQLConfig()
 
     def _validate(self, cfg: SACConfig) -> None:
         super()._validate(cfg)
@@ -764,9 +772,7 @@ class DiscreteCQL(_AgentBase):
         device: Device = "cpu",
         seed: Seed = 0,
     ) -> None:
-        cfg = config if config is not None else DiscreteCQLConfig()
-        if not isinstance(cfg, DiscreteCQLConfig):
-            raise TypeError(f"DiscreteCQL needs a DiscreteCQLConfig, got {type(cfg).__name__}")
+        cfg = _resolve_config("DiscreteCQL", config, DiscreteCQLConfig)
         for name in ("lr", "cql_temperature", "target_tau"):
             _check_positive(name, getattr(cfg, name))
         if not 0 <= cfg.gamma < 1 or cfg.target_tau > 1 or cfg.target_update_period < 1:
@@ -778,14 +784,12 @@ class DiscreteCQL(_AgentBase):
             raise ValueError(f"cql_weight must be >= 0, got {cfg.cql_weight}")
         self.config = cfg
         self.obs_dim, self.n_actions = int(obs_dim), int(n_actions)
-        self.device = torch.device(device)
-        init_gen, self.generator, self.act_generator = _generators(seed, self.device)
+        init_gen = self._init_state(device, seed)
         self.critic = EnsembleDiscreteQ(
             obs_dim, n_actions, cfg.n_critics, cfg.hidden, generator=init_gen
         ).to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
-        self.step = 0
 
     def update(self, batch: Batch) -> dict[str, Tensor]:
         """One gradient step of w·gap + MSE_TD on every critic; target update by schedule."""
@@ -856,7 +860,28 @@ class DiscreteCQL(_AgentBase):
 # ----------------------------------------------------------------------------------------
 
 
-class BC(_AgentBase):
+class _Cloner(_AgentBase):
+    """A policy network and its Adam optimizer, trained on a supervised loss."""
+
+    policy: nn.Module
+    optim: torch.optim.Optimizer
+
+    def _fit(self, loss: Tensor) -> dict[str, Tensor]:
+        """One optimizer step on ``loss``; the metrics of :meth:`update`."""
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optim.step()
+        self.step += 1
+        return {"loss/policy": loss.detach()}
+
+    def _modules(self) -> dict[str, nn.Module]:
+        return {"policy": self.policy}
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy_optim": self.optim}
+
+
+class BC(_Cloner):
     """Behaviour cloning on continuous actions: a deterministic tanh policy regressed on the
     dataset actions (``loss="mse"``) or a tanh-Gaussian fitted by likelihood (``"nll"``)."""
 
@@ -868,17 +893,13 @@ class BC(_AgentBase):
         device: Device = "cpu",
         seed: Seed = 0,
     ) -> None:
-        cfg = config if config is not None else BCConfig()
-        if not isinstance(cfg, BCConfig):
-            raise TypeError(f"BC needs a BCConfig, got {type(cfg).__name__}")
+        cfg = _resolve_config("BC", config, BCConfig)
         _check_positive("lr", cfg.lr)
         if cfg.loss not in ("mse", "nll"):
             raise ValueError(f"BC loss must be 'mse' or 'nll', got {cfg.loss!r}")
         self.config = cfg
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
-        self.device = torch.device(device)
-        init_gen, self.generator, self.act_generator = _generators(seed, self.device)
-        self.policy: nn.Module
+        init_gen = self._init_state(device, seed)
         if cfg.loss == "mse":
             self.policy = MLP(obs_dim, act_dim, cfg.hidden, generator=init_gen)
         else:
@@ -887,7 +908,6 @@ class BC(_AgentBase):
             )
         self.policy.to(self.device)
         self.optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
-        self.step = 0
 
     def update(self, batch: Batch) -> dict[str, Tensor]:
         """One gradient step of the BC loss (:func:`~deep.losses.bc_mse_loss` or
@@ -899,11 +919,7 @@ class BC(_AgentBase):
             loss = bc_nll_loss(self.policy.log_prob(obs, act))
         else:
             loss = bc_mse_loss(torch.tanh(self.policy(obs)), act)
-        self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optim.step()
-        self.step += 1
-        return {"loss/policy": loss.detach()}
+        return self._fit(loss)
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = True) -> Tensor:
@@ -918,14 +934,8 @@ class BC(_AgentBase):
             action = torch.tanh(self.policy(obs))
         return action[0] if single else action
 
-    def _modules(self) -> dict[str, nn.Module]:
-        return {"policy": self.policy}
 
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"policy_optim": self.optim}
-
-
-class DiscreteBC(_AgentBase):
+class DiscreteBC(_Cloner):
     """Behaviour cloning on discrete actions: softmax policy, cross-entropy on a_D."""
 
     def __init__(
@@ -936,17 +946,13 @@ class DiscreteBC(_AgentBase):
         device: Device = "cpu",
         seed: Seed = 0,
     ) -> None:
-        cfg = config if config is not None else DiscreteBCConfig()
-        if not isinstance(cfg, DiscreteBCConfig):
-            raise TypeError(f"DiscreteBC needs a DiscreteBCConfig, got {type(cfg).__name__}")
+        cfg = _resolve_config("DiscreteBC", config, DiscreteBCConfig)
         _check_positive("lr", cfg.lr)
         self.config = cfg
         self.obs_dim, self.n_actions = int(obs_dim), int(n_actions)
-        self.device = torch.device(device)
-        init_gen, self.generator, self.act_generator = _generators(seed, self.device)
+        init_gen = self._init_state(device, seed)
         self.policy = MLP(obs_dim, n_actions, cfg.hidden, generator=init_gen).to(self.device)
         self.optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
-        self.step = 0
 
     def update(self, batch: Batch) -> dict[str, Tensor]:
         """One gradient step of −E_D log π(a|s)."""
@@ -955,12 +961,7 @@ class DiscreteBC(_AgentBase):
             raise ValueError(
                 f"discrete batch actions must be (B,) int64, got {tuple(act.shape)} {act.dtype}"
             )
-        loss = F.cross_entropy(self.policy(obs), act)
-        self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optim.step()
-        self.step += 1
-        return {"loss/policy": loss.detach()}
+        return self._fit(F.cross_entropy(self.policy(obs), act))
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = True) -> Tensor:
@@ -973,12 +974,6 @@ class DiscreteBC(_AgentBase):
             probs = torch.softmax(logits, dim=-1)
             action = torch.multinomial(probs, 1, generator=self.act_generator).squeeze(-1)
         return action[0] if single else action
-
-    def _modules(self) -> dict[str, nn.Module]:
-        return {"policy": self.policy}
-
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"policy_optim": self.optim}
 
 
 # ----------------------------------------------------------------------------------------
