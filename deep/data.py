@@ -1076,6 +1076,13 @@ class ObservationNormalizer:
         obs = np.asarray(dataset.observations, dtype=np.float64)
         return cls(obs.mean(axis=0), obs.std(axis=0) + eps)
 
+    def _like(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as tensors of ``obs``'s dtype and device."""
+        return (
+            torch.as_tensor(self.mean, dtype=obs.dtype, device=obs.device),
+            torch.as_tensor(self.std, dtype=obs.dtype, device=obs.device),
+        )
+
     @overload
     def __call__(self, obs: np.ndarray) -> np.ndarray: ...
     @overload
@@ -1083,8 +1090,7 @@ class ObservationNormalizer:
     def __call__(self, obs: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """``(obs - mean) / std``, shape (..., obs_dim) -> same shape."""
         if isinstance(obs, torch.Tensor):
-            mean = torch.as_tensor(self.mean, dtype=obs.dtype, device=obs.device)
-            std = torch.as_tensor(self.std, dtype=obs.dtype, device=obs.device)
+            mean, std = self._like(obs)
             return (obs - mean) / std
         obs = np.asarray(obs)
         dtype = obs.dtype if np.issubdtype(obs.dtype, np.floating) else np.float32
@@ -1099,8 +1105,7 @@ class ObservationNormalizer:
     def denormalize(self, obs: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Inverse map ``obs * std + mean``."""
         if isinstance(obs, torch.Tensor):
-            mean = torch.as_tensor(self.mean, dtype=obs.dtype, device=obs.device)
-            std = torch.as_tensor(self.std, dtype=obs.dtype, device=obs.device)
+            mean, std = self._like(obs)
             return obs * std + mean
         return np.asarray(obs) * self.std + self.mean
 

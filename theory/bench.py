@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -111,20 +111,26 @@ def median_seconds(
     return float(np.median(times)), out
 
 
+def _timed_case(
+    mdp: TabularMDP, name: str, rng: np.random.Generator, repeats: int, min_total: float
+) -> tuple[CaseResult, np.ndarray, np.ndarray]:
+    """Median time of ``policy_evaluation`` for a random policy on ``mdp``: the result (no
+    target yet), the policy and its Q."""
+    pi = random_policy(mdp.n_states, mdp.n_actions, rng)
+    seconds, q = median_seconds(lambda: policy_evaluation(mdp, pi), repeats, min_total)
+    result = CaseResult(
+        name=name, seconds=seconds, residual=bellman_residual(mdp, pi, q), method=auto_method(mdp)
+    )
+    return result, pi, q
+
+
 def bench_dense(
     n_states: int, n_actions: int, seed: int, repeats: int, min_total: float = MIN_TOTAL_SECONDS
 ) -> CaseResult:
     """Exact evaluation on a dense random MDP (full Dirichlet transition rows)."""
     rng = np.random.default_rng(seed)
     mdp = random_mdp(n_states, n_actions, rng)
-    pi = random_policy(n_states, n_actions, rng)
-    seconds, q = median_seconds(lambda: policy_evaluation(mdp, pi), repeats, min_total)
-    return CaseResult(
-        name=f"dense ({n_states}, {n_actions})",
-        seconds=seconds,
-        residual=bellman_residual(mdp, pi, q),
-        method=auto_method(mdp),
-    )
+    return _timed_case(mdp, f"dense ({n_states}, {n_actions})", rng, repeats, min_total)[0]
 
 
 def bench_sparse(
@@ -138,15 +144,12 @@ def bench_sparse(
     """Exact evaluation on a sparse random MDP stored as CSR, ``n_next`` next states per pair."""
     rng = np.random.default_rng(seed)
     mdp = random_mdp(n_states, n_actions, rng, n_next=n_next, sparse=True)
-    pi = random_policy(n_states, n_actions, rng)
-    seconds, q = median_seconds(lambda: policy_evaluation(mdp, pi), repeats, min_total)
-    return CaseResult(
-        name=f"sparse ({n_states}, {n_actions}), {n_next} next states per pair",
-        seconds=seconds,
-        residual=bellman_residual(mdp, pi, q),
-        method=auto_method(mdp),
+    name = f"sparse ({n_states}, {n_actions}), {n_next} next states per pair"
+    result = _timed_case(mdp, name, rng, repeats, min_total)[0]
+    return replace(
+        result,
         target=f"< {SPARSE_TARGET_SECONDS:g} s",
-        met=seconds < SPARSE_TARGET_SECONDS,
+        met=result.seconds < SPARSE_TARGET_SECONDS,
     )
 
 
@@ -156,18 +159,15 @@ def bench_speedup(
     """State-space solve against the naive (S*A) x (S*A) solve, on one dense random MDP."""
     rng = np.random.default_rng(seed)
     mdp = random_mdp(n_states, n_actions, rng)
-    pi = random_policy(n_states, n_actions, rng)
-    seconds, q = median_seconds(lambda: policy_evaluation(mdp, pi), repeats, min_total)
+    name = f"speed-up over naive (S*A)^2 solve at ({n_states}, {n_actions})"
+    result, pi, q = _timed_case(mdp, name, rng, repeats, min_total)
     base_seconds, q_naive = median_seconds(
         lambda: naive_policy_evaluation(mdp, pi), repeats, min_total
     )
-    return CaseResult(
-        name=f"speed-up over naive (S*A)^2 solve at ({n_states}, {n_actions})",
-        seconds=seconds,
-        residual=bellman_residual(mdp, pi, q),
-        method=auto_method(mdp),
+    return replace(
+        result,
         target=f">= {SPEEDUP_TARGET:g}x",
-        met=base_seconds / seconds >= SPEEDUP_TARGET,
+        met=base_seconds / result.seconds >= SPEEDUP_TARGET,
         baseline_seconds=base_seconds,
         baseline_residual=bellman_residual(mdp, pi, q_naive),
         max_abs_diff=float(np.max(np.abs(q_naive - q))),
