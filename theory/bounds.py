@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from theory.cql import CQLControlResult, cql_evaluate, masked_softmax
+from theory.cql import CQLControlResult, _check_alpha, cql_evaluate, masked_softmax
 from theory.data import EmpiricalMDP
 from theory.mdp import (
     InvalidMDPError,
@@ -61,13 +61,6 @@ REL_TOL = 1e-9
 
 
 # --- validation ----------------------------------------------------------------------------
-
-
-def _check_alpha(alpha: float) -> float:
-    alpha = float(alpha)
-    if not np.isfinite(alpha) or alpha < 0:
-        raise ValueError(f"alpha must be a finite number >= 0 (it weighs a penalty), got {alpha}")
-    return alpha
 
 
 def _check_delta(delta: float) -> float:
