@@ -6,22 +6,25 @@ unpickler refuses every other object, so a tampered or foreign file cannot run c
 Two keys mark the file as ours: ``format`` (:data:`FORMAT`) and ``version``
 (:data:`VERSION`); a file without them is rejected with :class:`CheckpointError`.
 
-A write goes to a temporary file in the same directory, is flushed to disk, then renamed over
-the target with ``os.replace`` (atomic on POSIX and Windows), so a process killed at any moment
+A write goes through :func:`deep.files.atomic_write` (a temporary sibling file, flushed to
+disk, then renamed over the target with ``os.replace``), so a process killed at any moment
 leaves either the previous checkpoint or the new one, never a torn file.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# atomic_write_bytes / atomic_write_text are re-exported: run files are written through them.
+from deep.files import atomic_write
+from deep.files import atomic_write_bytes as atomic_write_bytes
+from deep.files import atomic_write_text as atomic_write_text
 
 FORMAT = "cql-companion/checkpoint"
 """Value of the ``format`` key in every checkpoint this project writes."""
@@ -37,40 +40,13 @@ class CheckpointError(ValueError):
     """A file is not a readable checkpoint of this project (foreign, corrupt, or wrong version)."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling file and ``os.replace``."""
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically, like :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            # fsync before the rename: otherwise a crash can leave the new name pointing at
-            # data the kernel never wrote.
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
     """Save ``payload`` (plus the format marker and version) atomically to ``path``."""
     for key in ("format", "version"):
         if key in payload:
             raise ValueError(f"payload must not set the reserved key {key!r}")
     data = {"format": FORMAT, "version": VERSION, **payload}
-    _atomic_write(Path(path), lambda f: torch.save(data, f))
+    atomic_write(path, lambda f: torch.save(data, f))
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
