@@ -1,0 +1,623 @@
+"""Tables and plots of many runs with interval estimates: ``python -m deep.report DIR``.
+
+::
+
+    python -m deep.report runs/sweep                  # every run folder below runs/sweep
+    python -m deep.report runs/sweep --reps 10000 --out runs/sweep/report
+
+A run folder is any folder holding a ``summary.json`` (found recursively), as
+``python -m deep.train`` and ``python -m deep.sweep`` write them. Runs are grouped into cells,
+dataset × algorithm, where "algorithm" is the ``algo`` plus every train setting that differs
+between that algo's runs (``cql cql_weight=1`` vs ``cql cql_weight=5``; read from the
+``trial.json`` a sweep leaves in each trial folder, else from ``config.json``). A cell's seeds
+are its runs; the score of a run is its final ``normalized_score``.
+
+Written to ``--out`` (default: DIR):
+
+- ``results.md`` and ``results.json`` (strict JSON: a missing or non-finite value is ``null``):
+  per cell the number of runs, of scored runs and of evaluation episodes, the mean ± std of
+  the final score over seeds, its IQM and mean with 95% stratified-bootstrap CIs, and the
+  return; per algorithm, over datasets (a task = a dataset, :mod:`deep.stats`): IQM, mean,
+  median and optimality gap with CIs; the probability that each algorithm improves on each
+  other one (on the datasets both have scores for); the conservative-value diagnostic
+  ``Q(s₀, π(s₀)) − Σ γᵗ rₜ`` (critic estimate minus Monte-Carlo return, ``> 0``:
+  over-estimation) per algorithm, mean over datasets with its CI;
+- ``intervals.png`` (aggregate scores with CIs), ``profiles.png`` (fraction of runs above τ,
+  with CI bands), ``training.png`` (mean score over training per dataset, CI band over seeds).
+
+Runs whose score is null (a dataset without reference scores, or a run that never evaluated)
+stay in the tables: counted per cell as ``null`` and listed, never averaged in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import tyro
+
+from deep import stats
+
+SUMMARY_NAME = "summary.json"
+CONFIG_NAME = "config.json"
+TRIAL_NAME = "trial.json"
+"""Written by deep.sweep in each trial folder: the trial's algo, dataset, seed and settings."""
+METRICS_NAME = "metrics.csv"
+RESULTS_MD = "results.md"
+RESULTS_JSON = "results.json"
+INTERVALS_PNG = "intervals.png"
+PROFILES_PNG = "profiles.png"
+TRAINING_PNG = "training.png"
+
+SCORE_KEY = "eval/normalized_score"
+
+# Train options that say where or how a run ran, not what it computed: never part of a label.
+_NOT_SETTINGS = frozenset(
+    {
+        "algo",
+        "dataset",
+        "seed",
+        "out",
+        "resume",
+        "device",
+        "threads",
+        "progress",
+        "plots",
+        "tensorboard",
+    }
+)
+
+
+@dataclass
+class Run:
+    """One run folder's final numbers."""
+
+    path: Path
+    algo: str
+    dataset: str
+    seed: int | None
+    score: float | None
+    """Final normalised score; None when the run has none."""
+    return_mean: float | None
+    q_minus_mc: float | None
+    """Final ``q_estimate_mean − mc_return_mean``; None without a critic estimate."""
+    eval_episodes: int | None
+    settings: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    """Algorithm label: algo plus the settings that vary between this algo's runs."""
+
+
+def _finite(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def _read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _settings(run_dir: Path) -> dict[str, Any]:
+    """The run's train settings: the sweep's ``trial.json`` if any, else ``config.json``."""
+    for name, key in ((TRIAL_NAME, "settings"), (CONFIG_NAME, "train")):
+        try:
+            data = _read_json(run_dir / name)
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            return {k: v for k, v in data[key].items() if k not in _NOT_SETTINGS}
+    return {}
+
+
+def _format_value(v: Any) -> str:
+    if isinstance(v, list | tuple):
+        return ",".join(_format_value(x) for x in v)
+    return json.dumps(v) if not isinstance(v, str) else v
+
+
+def find_runs(root: str | Path) -> list[Run]:
+    """Every run folder below ``root`` (one with a ``summary.json``), sorted by path, labelled.
+
+    Raises ValueError when a summary is not a JSON object with ``algo`` and ``dataset``.
+    """
+    root = Path(root)
+    runs: list[Run] = []
+    for path in sorted(root.rglob(SUMMARY_NAME)):
+        try:
+            s = _read_json(path)
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(s, dict) or "algo" not in s or "dataset" not in s:
+            raise ValueError(f"{path} is not a run summary (no algo / dataset)")
+        q, mc = _finite(s.get("q_estimate_mean")), _finite(s.get("mc_return_mean"))
+        seed = s.get("seed")
+        episodes = s.get("eval_episodes")
+        runs.append(
+            Run(
+                path=path.parent,
+                algo=str(s["algo"]),
+                dataset=str(s["dataset"]),
+                seed=int(seed) if isinstance(seed, int) else None,
+                score=_finite(s.get("normalized_score")),
+                return_mean=_finite(s.get("return_mean")),
+                q_minus_mc=q - mc if q is not None and mc is not None else None,
+                eval_episodes=int(episodes) if isinstance(episodes, int) else None,
+                settings=_settings(path.parent),
+            )
+        )
+    _label(runs)
+    return runs
+
+
+def _label(runs: Sequence[Run]) -> None:
+    """``algo`` plus ``key=value`` for each setting that differs between that algo's runs."""
+    by_algo: dict[str, list[Run]] = {}
+    for r in runs:
+        by_algo.setdefault(r.algo, []).append(r)
+    for algo, group in by_algo.items():
+        keys = sorted({k for r in group for k in r.settings})
+        varying = [
+            k
+            for k in keys
+            if len({json.dumps(r.settings.get(k), sort_keys=True) for r in group}) > 1
+        ]
+        for r in group:
+            parts = [f"{k}={_format_value(r.settings.get(k))}" for k in varying]
+            r.label = " ".join([algo, *parts])
+
+
+# ------------------------------------------------------------------------------ the numbers
+
+
+def _interval(est: stats.Interval | None) -> dict[str, float | None] | None:
+    return None if est is None else {k: _finite(v) for k, v in est.to_dict().items()}
+
+
+def _std(x: np.ndarray) -> float | None:
+    return float(np.std(x, ddof=1)) if x.size >= 2 else None
+
+
+def _cells(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
+    cells: dict[tuple[str, str], list[Run]] = {}
+    for r in sorted(runs, key=lambda r: (r.dataset, r.label, r.seed if r.seed is not None else -1)):
+        cells.setdefault((r.dataset, r.label), []).append(r)
+    return cells
+
+
+def _scores(group: Sequence[Run]) -> np.ndarray:
+    return np.array([r.score for r in group if r.score is not None], dtype=np.float64)
+
+
+def summarize(
+    runs: Sequence[Run], seed: int = 0, reps: int = stats.REPS, confidence: float = stats.CONFIDENCE
+) -> dict[str, Any]:
+    """Everything ``results.json`` holds (see the module docstring), as plain JSON data."""
+    rng = np.random.default_rng(seed)
+    cells = _cells(runs)
+    labels = sorted({r.label for r in runs})
+    datasets = sorted({r.dataset for r in runs})
+
+    cell_rows: list[dict[str, Any]] = []
+    for (dataset, label), group in cells.items():
+        x = _scores(group)
+        returns = np.array([r.return_mean for r in group if r.return_mean is not None])
+        episodes = sorted({r.eval_episodes for r in group if r.eval_episodes is not None})
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "algorithm": label,
+            "algo": group[0].algo,
+            "runs": len(group),
+            "scored": int(x.size),
+            "null": len(group) - int(x.size),
+            "seeds": [r.seed for r in group],
+            "eval_episodes": episodes[0] if len(episodes) == 1 else episodes,
+            "score_mean": float(x.mean()) if x.size else None,
+            "score_std": _std(x),
+            "score_iqm": None,
+            "score_mean_ci": None,
+            "return_mean": float(returns.mean()) if returns.size else None,
+            "return_std": _std(returns),
+        }
+        if x.size:
+            row["score_iqm"] = _interval(
+                stats.interval_estimate(x, stats.iqm_statistic, rng, reps, confidence)
+            )
+            row["score_mean_ci"] = _interval(
+                stats.interval_estimate(x, stats.mean_statistic, rng, reps, confidence)
+            )
+        cell_rows.append(row)
+
+    def tasks_of(label: str, only: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        out = {}
+        for d in only if only is not None else datasets:
+            x = _scores(cells.get((d, label), []))
+            if x.size:
+                out[d] = x
+        return out
+
+    aggregates: dict[str, Any] = {}
+    for label in labels:
+        tasks = tasks_of(label)
+        entry: dict[str, Any] = {
+            "datasets": sorted(tasks),
+            "runs": sum(len(g) for (_, lab), g in cells.items() if lab == label),
+            "scored": sum(int(x.size) for x in tasks.values()),
+        }
+        intervals = (
+            stats.aggregate_intervals(list(tasks.values()), rng, reps, confidence) if tasks else {}
+        )
+        for name in stats.AGGREGATES:
+            entry[name] = _interval(intervals.get(name))
+        aggregates[label] = entry
+
+    improvement: list[dict[str, Any]] = []
+    for a in labels:
+        for b in labels:
+            if a == b:
+                continue
+            common = sorted(set(tasks_of(a)) & set(tasks_of(b)))
+            est = None
+            if common:
+                xa, xb = tasks_of(a, common), tasks_of(b, common)
+                est = stats.improvement_interval(
+                    [xa[d] for d in common], [xb[d] for d in common], rng, reps, confidence
+                )
+            improvement.append({"x": a, "y": b, "datasets": common, **(_interval(est) or {})})
+
+    diagnostic: dict[str, Any] = {}
+    for label in labels:
+        per_dataset = {}
+        for d in datasets:
+            gaps = [r.q_minus_mc for r in cells.get((d, label), []) if r.q_minus_mc is not None]
+            if gaps:
+                per_dataset[d] = np.array(gaps)
+        est = (
+            stats.interval_estimate(
+                list(per_dataset.values()), stats.mean_statistic, rng, reps, confidence
+            )
+            if per_dataset
+            else None
+        )
+        diagnostic[label] = {
+            "datasets": sorted(per_dataset),
+            "runs": sum(int(v.size) for v in per_dataset.values()),
+            "q_minus_mc": _interval(est),
+        }
+
+    return {
+        "settings": {"seed": seed, "reps": reps, "confidence": confidence},
+        "score": "final normalized_score of each run (100 = expert, 0 = random)",
+        "datasets": datasets,
+        "algorithms": labels,
+        "cells": cell_rows,
+        "aggregates": aggregates,
+        "probability_of_improvement": improvement,
+        "q_minus_mc": diagnostic,
+        "null_runs": [
+            {"path": str(r.path), "algorithm": r.label, "dataset": r.dataset, "seed": r.seed}
+            for r in runs
+            if r.score is None
+        ],
+        "runs": [
+            {
+                "path": str(r.path),
+                "algorithm": r.label,
+                "algo": r.algo,
+                "dataset": r.dataset,
+                "seed": r.seed,
+                "score": r.score,
+                "return_mean": r.return_mean,
+                "q_minus_mc": r.q_minus_mc,
+                "eval_episodes": r.eval_episodes,
+                "settings": r.settings,
+            }
+            for r in runs
+        ],
+    }
+
+
+def _clean(x: Any) -> Any:
+    """JSON data with every non-finite float replaced by None."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, Mapping):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        return _clean(x.item())
+    return x
+
+
+# ------------------------------------------------------------------------------ markdown
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "null" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(est: Mapping[str, float | None] | None, digits: int = 1) -> str:
+    if est is None:
+        return "null"
+    return f"{_num(est['point'], digits)} [{_num(est['low'], digits)}, {_num(est['high'], digits)}]"
+
+
+def to_markdown(results: Mapping[str, Any]) -> str:
+    """``results.md``: the tables of :func:`summarize`'s output."""
+    c = results["settings"]["confidence"]
+    pct = f"{100 * c:g}%"
+    lines = [
+        "# Results",
+        "",
+        f"Score: {results['score']}. Intervals: {pct} stratified-bootstrap percentile CIs "
+        f"({results['settings']['reps']} resamples, seed {results['settings']['seed']}; "
+        "Agarwal et al. 2021). std: over seeds (ddof 1).",
+        "",
+        "## Per dataset and algorithm (final score over seeds)",
+        "",
+        f"| dataset | algorithm | runs | null | eval episodes | mean ± std | IQM [{pct} CI] "
+        f"| mean [{pct} CI] | return mean ± std |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["cells"]:
+        ms = f"{_num(row['score_mean'])} ± {_num(row['score_std'])}"
+        rs = f"{_num(row['return_mean'])} ± {_num(row['return_std'])}"
+        lines.append(
+            f"| {row['dataset']} | {row['algorithm']} | {row['runs']} | {row['null']} "
+            f"| {row['eval_episodes']} | {ms} | {_ci(row['score_iqm'])} "
+            f"| {_ci(row['score_mean_ci'])} | {rs} |"
+        )
+    lines += [
+        "",
+        "## Aggregated over datasets",
+        "",
+        "| algorithm | datasets | scored runs | IQM | mean | median | optimality gap |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, a in results["aggregates"].items():
+        lines.append(
+            f"| {label} | {len(a['datasets'])} | {a['scored']}/{a['runs']} | {_ci(a['iqm'])} "
+            f"| {_ci(a['mean'])} | {_ci(a['median'])} | {_ci(a['optimality_gap'])} |"
+        )
+    if results["probability_of_improvement"]:
+        lines += [
+            "",
+            "## Probability of improvement P(X > Y)",
+            "",
+            "| X | Y | datasets | P(X > Y) |",
+            "|---|---|---|---|",
+        ]
+        for p in results["probability_of_improvement"]:
+            lines.append(
+                f"| {p['x']} | {p['y']} | {len(p['datasets'])} "
+                f"| {_ci(p if p['datasets'] else None, 2)} |"
+            )
+    lines += [
+        "",
+        "## Critic estimate minus Monte-Carlo return, Q(s₀, π(s₀)) − Σ γᵗ rₜ (> 0: over-estimates)",
+        "",
+        "| algorithm | runs | Q − MC, mean over datasets |",
+        "|---|---|---|",
+    ]
+    for label, d in results["q_minus_mc"].items():
+        lines.append(f"| {label} | {d['runs']} | {_ci(d['q_minus_mc'], 2)} |")
+    if results["null_runs"]:
+        lines += ["", "## Runs without a score", ""]
+        lines += [
+            f"- {r['path']} ({r['algorithm']}, {r['dataset']}, seed {r['seed']})"
+            for r in results["null_runs"]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ plots
+
+
+def _plot_intervals(results: Mapping[str, Any], out: Path) -> Path | None:
+    from matplotlib.figure import Figure
+
+    labels = [k for k, a in results["aggregates"].items() if a["iqm"] is not None]
+    if not labels:
+        return None
+    names = {"iqm": "IQM", "mean": "mean", "median": "median", "optimality_gap": "optimality gap"}
+    fig = Figure(figsize=(3.2 * len(names), 0.6 * len(labels) + 1.6), layout="constrained")
+    axes = fig.subplots(1, len(names), sharey=True)
+    for ax, (key, title) in zip(axes, names.items(), strict=True):
+        for i, label in enumerate(labels):
+            est = results["aggregates"][label][key]
+            lo, hi = est["low"], est["high"]
+            ax.barh(i, hi - lo, left=lo, height=0.6, color=f"C{i}", alpha=0.6)
+            ax.plot([est["point"]] * 2, [i - 0.3, i + 0.3], color="black", linewidth=2)
+        ax.set(title=title, xlabel="normalised score")
+        ax.set_yticks(range(len(labels)), labels)
+    fig.suptitle(f"{100 * results['settings']['confidence']:g}% stratified-bootstrap CIs")
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def _plot_profiles(runs: Sequence[Run], results: Mapping[str, Any], out: Path) -> Path | None:
+    from matplotlib.figure import Figure
+
+    scored = [r for r in runs if r.score is not None]
+    if not scored:
+        return None
+    all_scores = np.array([r.score for r in scored])
+    taus = np.linspace(min(0.0, all_scores.min()), max(100.0, all_scores.max()), 101)
+    rng = np.random.default_rng(results["settings"]["seed"])
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for i, label in enumerate(results["algorithms"]):
+        tasks = [
+            _scores([r for r in scored if r.label == label and r.dataset == d])
+            for d in results["datasets"]
+        ]
+        tasks = [t for t in tasks if t.size]
+        if not tasks:
+            continue
+        prof = stats.performance_profile(
+            tasks, taus, rng, results["settings"]["reps"], results["settings"]["confidence"]
+        )
+        ax.plot(prof.taus, prof.fraction, color=f"C{i}", label=label)
+        ax.fill_between(prof.taus, prof.low, prof.high, color=f"C{i}", alpha=0.2)
+    ax.set(
+        title="performance profile (CI bands: stratified bootstrap)",
+        xlabel="normalised score τ",
+        ylabel="fraction of runs with score > τ",
+        ylim=(-0.02, 1.02),
+    )
+    ax.legend()
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def _curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    from deep.plots import read_metrics
+
+    path = run.path / METRICS_NAME
+    if not path.exists():
+        return np.zeros(0), np.zeros(0)
+    metrics = read_metrics(path)
+    if SCORE_KEY not in metrics or "step" not in metrics:
+        return np.zeros(0), np.zeros(0)
+    y = metrics[SCORE_KEY]
+    keep = np.isfinite(y)
+    return metrics["step"][keep], y[keep]
+
+
+def training_curves(
+    runs: Sequence[Run], seed: int = 0, reps: int = stats.REPS, confidence: float = stats.CONFIDENCE
+) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """Per cell: evaluation steps and the mean score over seeds with its bootstrap CI there.
+
+    Returns (dataset, label) -> {"step", "mean", "low", "high", "runs"} arrays of one length.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, group in _cells(runs).items():
+        curves = [_curve(r) for r in group]
+        steps = np.unique(np.concatenate([s for s, _ in curves])) if curves else np.zeros(0)
+        rows: dict[str, list[float]] = {k: [] for k in ("step", "mean", "low", "high", "runs")}
+        for step in steps:
+            x = np.array([y[s == step][-1] for s, y in curves if (s == step).any()])
+            est = stats.interval_estimate(x, stats.mean_statistic, rng, reps, confidence)
+            for k, v in zip(rows, (step, est.point, est.low, est.high, x.size), strict=True):
+                rows[k].append(float(v))
+        if rows["step"]:
+            out[key] = {k: np.array(v) for k, v in rows.items()}
+    return out
+
+
+def _plot_training(
+    curves: Mapping[tuple[str, str], Mapping[str, np.ndarray]],
+    labels: Sequence[str],
+    out: Path,
+) -> Path | None:
+    from matplotlib.figure import Figure
+
+    datasets = sorted({d for d, _ in curves})
+    if not datasets:
+        return None
+    fig = Figure(figsize=(5 * len(datasets), 4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(datasets), squeeze=False)[0])
+    for ax, d in zip(axes, datasets, strict=True):
+        for i, label in enumerate(labels):
+            c = curves.get((d, label))
+            if c is None:
+                continue
+            ax.plot(c["step"], c["mean"], marker="o", color=f"C{i}", label=label)
+            ax.fill_between(c["step"], c["low"], c["high"], color=f"C{i}", alpha=0.2)
+        ax.set(title=d, xlabel="gradient step", ylabel="normalised score (mean over seeds)")
+        ax.legend(fontsize="small")
+    fig.suptitle("evaluation score over training (bands: bootstrap CI over seeds)")
+    fig.savefig(out, dpi=100)
+    return out
+
+
+# ------------------------------------------------------------------------------ entry points
+
+
+def report(
+    root: str | Path,
+    out: str | Path | None = None,
+    seed: int = 0,
+    reps: int = stats.REPS,
+    confidence: float = stats.CONFIDENCE,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Find the runs below ``root``, write results.md / results.json (and PNGs) to ``out``
+    (default ``root``), and return the results. Raises FileNotFoundError when there is no run."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    runs = find_runs(root)
+    if not runs:
+        raise FileNotFoundError(f"no run folder (with {SUMMARY_NAME}) below {root}")
+    out_dir = Path(out) if out is not None else root
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = _clean(summarize(runs, seed, reps, confidence))
+    results["root"] = str(root)
+    if plots:
+        written = [
+            _plot_intervals(results, out_dir / INTERVALS_PNG),
+            _plot_profiles(runs, results, out_dir / PROFILES_PNG),
+            _plot_training(
+                training_curves(runs, seed, reps, confidence),
+                results["algorithms"],
+                out_dir / TRAINING_PNG,
+            ),
+        ]
+        results["plots"] = [p.name for p in written if p is not None]
+    text = json.dumps(results, indent=2, allow_nan=False)
+    (out_dir / RESULTS_JSON).write_text(text + "\n")
+    (out_dir / RESULTS_MD).write_text(to_markdown(results))
+    return results
+
+
+@dataclass
+class ReportConfig:
+    """Interval-estimate tables and plots of every run folder below a folder."""
+
+    root: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="DIR")]
+    """Folder holding run folders (searched recursively for summary.json)."""
+
+    out: str | None = None
+    """Where to write results.md, results.json and the PNGs; default: DIR."""
+
+    reps: int = stats.REPS
+    """Bootstrap resamples per interval."""
+
+    confidence: float = stats.CONFIDENCE
+    """Confidence level of the intervals."""
+
+    seed: int = 0
+    """Seed of the bootstrap."""
+
+    plots: bool = True
+    """Write the PNGs."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``python -m deep.report DIR``)."""
+    config = tyro.cli(ReportConfig, args=argv, description=(__doc__ or "").split("\n\n")[0])
+    try:
+        results = report(
+            config.root, config.out, config.seed, config.reps, config.confidence, config.plots
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(config.out) if config.out is not None else Path(config.root)
+    print(to_markdown(results), end="")
+    print(f"wrote {out / RESULTS_MD}, {out / RESULTS_JSON}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

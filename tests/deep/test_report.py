@@ -1,0 +1,158 @@
+"""deep.report on synthetic run folders (summary.json + metrics.csv, as deep.train writes)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deep import report, stats
+
+
+def make_run(
+    path: Path,
+    algo: str,
+    dataset: str,
+    seed: int,
+    score: float | None,
+    q: float | None = 1.0,
+    mc: float | None = 3.0,
+    settings: dict[str, Any] | None = None,
+) -> None:
+    path.mkdir(parents=True)
+    summary = {
+        "algo": algo,
+        "dataset": dataset,
+        "env_id": "Pendulum-v1",
+        "steps": 100,
+        "seed": seed,
+        "normalized_score": score,
+        "return_mean": -500.0 + seed,
+        "return_std": 1.0,
+        "q_estimate_mean": q if q is not None else math.nan,
+        "mc_return_mean": mc,
+        "eval_episodes": 5,
+        "steps_per_second": 100.0,
+        "train_seconds": 1.0,
+    }
+    # deep.train writes NaN for a missing number (json's default); the report must cope.
+    (path / "summary.json").write_text(json.dumps(summary))
+    train = {"algo": algo, "dataset": dataset, "seed": seed, "out": str(path), "steps": 100}
+    train.update(settings or {})
+    (path / "config.json").write_text(json.dumps({"train": train}))
+    with open(path / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "loss/q1", "eval/normalized_score"])
+        w.writerow([50, 1.0, ""])
+        w.writerow([100, 0.5, "" if score is None else score / 2])
+        w.writerow([150, 0.4, ""])
+        w.writerow([200, 0.3, "" if score is None else score])
+
+
+@pytest.fixture
+def runs_root(tmp_path: Path) -> Path:
+    scores = {
+        ("cql", "pendulum-medium"): [40.0, 50.0, 60.0],
+        ("bc", "pendulum-medium"): [20.0, 30.0, 25.0],
+        ("cql", "cartpole-medium"): [80.0, 90.0, 100.0],
+        ("bc", "cartpole-medium"): [70.0, 60.0, None],
+    }
+    for (algo, dataset), xs in scores.items():
+        for seed, x in enumerate(xs):
+            q = None if algo == "bc" else 10.0 + seed
+            make_run(tmp_path / "nested" / f"{algo}-{dataset}-{seed}", algo, dataset, seed, x, q=q)
+    return tmp_path
+
+
+def test_report_tables(runs_root: Path) -> None:
+    results = report.report(runs_root, reps=500)
+    cells = {(c["dataset"], c["algorithm"]): c for c in results["cells"]}
+    assert set(cells) == {
+        (d, a) for d in ("pendulum-medium", "cartpole-medium") for a in ("cql", "bc")
+    }
+    c = cells[("pendulum-medium", "cql")]
+    assert (c["runs"], c["scored"], c["null"], c["eval_episodes"]) == (3, 3, 0, 5)
+    assert c["score_mean"] == pytest.approx(50.0)
+    assert c["score_std"] == pytest.approx(10.0)
+    assert c["score_iqm"]["point"] == pytest.approx(stats.iqm([40, 50, 60]))
+    assert c["score_iqm"]["low"] <= 50.0 <= c["score_iqm"]["high"]
+    # The run without a score is counted, listed, and not averaged in.
+    c = cells[("cartpole-medium", "bc")]
+    assert (c["runs"], c["scored"], c["null"]) == (3, 2, 1)
+    assert c["score_mean"] == pytest.approx(65.0)
+    assert [r["seed"] for r in results["null_runs"]] == [2]
+
+    agg = results["aggregates"]
+    assert agg["cql"]["iqm"]["point"] == pytest.approx(stats.iqm([[40, 50, 60], [80, 90, 100]]))
+    assert agg["cql"]["mean"]["point"] == pytest.approx(70.0)
+    assert agg["cql"]["optimality_gap"]["point"] == pytest.approx(30.0)
+    assert agg["bc"]["scored"] == 5 and agg["bc"]["runs"] == 6
+    poi = {(p["x"], p["y"]): p for p in results["probability_of_improvement"]}
+    assert poi[("cql", "bc")]["point"] == pytest.approx(1.0)
+    assert poi[("bc", "cql")]["point"] == pytest.approx(0.0)
+    # Q - MC: cql runs 10+seed - 3 on both datasets; bc has no critic estimate.
+    assert results["q_minus_mc"]["cql"]["q_minus_mc"]["point"] == pytest.approx(8.0)
+    assert results["q_minus_mc"]["bc"]["q_minus_mc"] is None
+
+    text = (runs_root / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["cells"] == results["cells"]
+    md = (runs_root / "results.md").read_text()
+    assert "| pendulum-medium | cql | 3 | 0 | 5 | 50.0 ± 10.0 |" in md
+    assert "Runs without a score" in md
+    for png in (report.INTERVALS_PNG, report.PROFILES_PNG, report.TRAINING_PNG):
+        assert (runs_root / png).stat().st_size > 1000
+    assert results["plots"] == [report.INTERVALS_PNG, report.PROFILES_PNG, report.TRAINING_PNG]
+
+
+def test_training_curves(runs_root: Path) -> None:
+    runs = report.find_runs(runs_root)
+    curves = report.training_curves(runs, reps=200)
+    c = curves[("pendulum-medium", "cql")]
+    np.testing.assert_array_equal(c["step"], [100, 200])
+    np.testing.assert_allclose(c["mean"], [25.0, 50.0])
+    assert (c["low"] <= c["mean"]).all() and (c["mean"] <= c["high"]).all()
+    np.testing.assert_array_equal(curves[("cartpole-medium", "bc")]["runs"], [2, 2])
+
+
+def test_labels_name_the_settings_that_vary(tmp_path: Path) -> None:
+    for w in (1.0, 5.0):
+        for seed in (0, 1):
+            make_run(
+                tmp_path / f"cql-w{w}-{seed}",
+                "cql",
+                "pendulum-medium",
+                seed,
+                10 * w + seed,
+                settings={"cql_weight": w, "hidden_dims": [32, 32]},
+            )
+    make_run(tmp_path / "bc-0", "bc", "pendulum-medium", 0, 5.0)
+    results = report.report(tmp_path, reps=200, plots=False)
+    assert results["algorithms"] == ["bc", "cql cql_weight=1.0", "cql cql_weight=5.0"]
+    assert results["aggregates"]["cql cql_weight=5.0"]["mean"]["point"] == pytest.approx(50.5)
+
+
+def test_all_null_scores_are_reported(tmp_path: Path) -> None:
+    make_run(tmp_path / "a", "cql", "custom.npz", 0, None)
+    make_run(tmp_path / "b", "cql", "custom.npz", 1, None)
+    results = report.report(tmp_path, reps=100)
+    (cell,) = results["cells"]
+    assert (cell["runs"], cell["null"], cell["score_mean"], cell["score_iqm"]) == (2, 2, None, None)
+    assert results["aggregates"]["cql"]["iqm"] is None
+    assert len(results["null_runs"]) == 2
+    json.loads((tmp_path / "results.json").read_text())
+
+
+def test_cli_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no run folder") and "\n" not in err
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "summary.json").write_text("{broken")
+    assert report.main([str(tmp_path)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
