@@ -73,7 +73,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from deep.agents import CQL, CQLConfig
+from deep.algos import CQL, CQLConfig
 from deep.data import Batch
 
 __all__ = [
@@ -171,7 +171,7 @@ def cql_update_flops(
     n_actions: int = 10,
     n_critics: int = 2,
 ) -> int:
-    """Matmul FLOPs of one CQL update (:meth:`deep.agents.CQL.update`), per network pass.
+    """Matmul FLOPs of one CQL update (:meth:`deep.algos.cql.CQL.update`), per network pass.
 
     B = batch, N = sampled actions per group, E = critics, o / d = observation / action
     size; the actor is ``o -> hidden -> 2d`` (mean and log σ), every critic
@@ -297,7 +297,7 @@ def make_batches(
 
 
 def bench_config(setting: BenchSetting, precision: Precision = "fp32") -> CQLConfig:
-    """Our :class:`~deep.agents.CQLConfig` for ``setting``."""
+    """Our :class:`~deep.algos.CQLConfig` for ``setting``."""
     return CQLConfig(
         actor_hidden=setting.hidden,
         critic_hidden=setting.hidden,
@@ -328,7 +328,7 @@ def make_cql_update(
 ) -> tuple[CQL, StepFn]:
     """Our agent for ``setting`` and a step function: one ``agent.update`` on the next of
     ``n_batches`` pre-drawn batches (cycled). ``compile=True`` wraps the update in
-    ``torch.compile`` (see :meth:`deep.agents.CQL.compile`)."""
+    ``torch.compile`` (see :meth:`deep.algos.sac.OfflineSAC.compile`)."""
     setting = setting if setting is not None else BenchSetting()
     agent = CQL(obs_dim, act_dim, bench_config(setting, precision), device=device, seed=seed)
     if compile:

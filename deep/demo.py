@@ -48,22 +48,16 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from deep import plots
+from deep.config import RunConfig, TrainConfig, config_to_dict, make_config
 from deep.evaluate import evaluate_checkpoint
-from deep.train import (
-    CHECKPOINT_NAME,
-    CONFIG_NAME,
-    METRICS_NAME,
-    TrainConfig,
-    config_to_dict,
-    run,
-)
+from deep.train import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, run
 
 LABELS = {"cql": "CQL", "sac": "offline SAC", "bc": "BC"}
 
@@ -123,49 +117,55 @@ class DemoConfig:
     after the other in this process."""
 
 
-def run_configs(demo: DemoConfig) -> dict[str, TrainConfig]:
-    """The :class:`TrainConfig` of each algorithm, in the order they are started."""
-    base = TrainConfig(
-        dataset=demo.dataset,
-        seed=demo.seed,
-        eval_every=demo.eval_every,
-        eval_episodes=demo.eval_episodes,
-        log_every=min(250, demo.eval_every),
-        hidden_dims=demo.hidden_dims,
-        gamma=demo.gamma,
-        device="cpu",
-        threads=1,
-        progress=False,
-    )
-    steps = {"cql": demo.cql_steps, "sac": demo.sac_steps, "bc": demo.bc_steps}
+def run_configs(demo: DemoConfig) -> dict[str, TrainConfig[Any]]:
+    """The :class:`~deep.config.TrainConfig` of each algorithm, in the order they are started."""
     root = Path(demo.out)
-    return {
-        algo: replace(
-            base,
-            algo=algo,  # type: ignore[arg-type]
-            steps=n,
+
+    def settings(algo: str, steps: int, **extra: Any) -> RunConfig:
+        return RunConfig(
+            dataset=demo.dataset,
+            seed=demo.seed,
+            steps=steps,
             out=str(root / algo),
-            # BC has no critic, hence no target network.
-            target_tau=None if algo == "bc" else demo.target_tau,
-            cql_weight=demo.cql_weight if algo == "cql" else None,
+            eval_every=demo.eval_every,
+            eval_episodes=demo.eval_episodes,
+            log_every=min(250, demo.eval_every),
+            device="cpu",
+            threads=1,
+            progress=False,
+            **extra,
         )
-        for algo, n in steps.items()
+
+    hidden = tuple(demo.hidden_dims)
+    critic = {"actor_hidden": hidden, "critic_hidden": hidden, "gamma": demo.gamma}
+    critic["target_tau"] = demo.target_tau
+    return {
+        "cql": make_config(
+            "cql", settings("cql", demo.cql_steps), cql_weight=demo.cql_weight, **critic
+        ),
+        "sac": make_config("sac", settings("sac", demo.sac_steps), **critic),
+        # BC has no critic: γ only discounts its evaluation returns.
+        "bc": make_config(
+            "bc", settings("bc", demo.bc_steps, eval_gamma=demo.gamma), hidden=hidden
+        ),
     }
 
 
-def _prepare(config: TrainConfig) -> TrainConfig:
-    """Resume the run in ``config.out`` if it was made with the same settings, else restart it.
+def _prepare(config: TrainConfig[Any]) -> TrainConfig[Any] | str:
+    """Resume the run in ``config.run.out`` if it was made with the same settings (its
+    folder, to resume), else restart it.
 
     Only a folder that holds a run (its config.json) is ever deleted; any other existing
     folder at that path is an error.
     """
-    out = Path(config.out or "")
+    out = Path(config.run.out or "")
     saved = out / CONFIG_NAME
     if saved.exists():
-        previous = json.loads(saved.read_text())["train"]
-        if previous == config_to_dict(config) and (out / CHECKPOINT_NAME).exists():
-            return TrainConfig(resume=str(out))
-        if previous != config_to_dict(config):
+        previous = json.loads(saved.read_text())
+        same = {k: previous.get(k) for k in ("train", "agent")} == config_to_dict(config)
+        if same and (out / CHECKPOINT_NAME).exists():
+            return str(out)
+        if not same:
             print(f"{out}: settings changed since the last demo; starting this run afresh")
         shutil.rmtree(out)
     elif out.exists() and any(out.iterdir()):
@@ -173,22 +173,22 @@ def _prepare(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def _train(config: TrainConfig) -> dict[str, Any]:
+def _train(config: TrainConfig[Any] | str) -> dict[str, Any]:
     return run(config)
 
 
-def _progress(configs: dict[str, TrainConfig], futures: dict[str, Future[Any]]) -> None:
+def _progress(configs: dict[str, TrainConfig[Any]], futures: dict[str, Future[Any]]) -> None:
     """One progress bar per run, fed from the rows each run writes to its metrics.csv."""
     from tqdm import tqdm
 
     bars = {
-        algo: tqdm(total=c.steps, desc=f"{LABELS[algo]:>12}", position=i, dynamic_ncols=True)
+        algo: tqdm(total=c.run.steps, desc=f"{LABELS[algo]:>12}", position=i, dynamic_ncols=True)
         for i, (algo, c) in enumerate(configs.items())
     }
     try:
         while True:
             for algo, bar in bars.items():
-                path = Path(configs[algo].out or "") / METRICS_NAME
+                path = Path(configs[algo].run.out or "") / METRICS_NAME
                 try:
                     rows = plots.read_metrics(path)
                 except (FileNotFoundError, ValueError):
@@ -329,7 +329,7 @@ def _demo(demo: DemoConfig) -> int:
     summaries: dict[str, dict[str, Any]] = {}
     if demo.workers == 1:
         for algo, job in jobs.items():
-            print(f"training {LABELS[algo]} ({configs[algo].steps} steps)", flush=True)
+            print(f"training {LABELS[algo]} ({configs[algo].run.steps} steps)", flush=True)
             summaries[algo] = run(job)
     else:
         # spawn: fresh interpreters, so no torch/OpenMP state is inherited through fork.
@@ -340,12 +340,12 @@ def _demo(demo: DemoConfig) -> int:
             summaries = {algo: f.result() for algo, f in futures.items()}
 
     plots.plot_comparison(
-        {LABELS[a]: Path(c.out or "") for a, c in configs.items()},
+        {LABELS[a]: Path(c.run.out or "") for a, c in configs.items()},
         out / plots.COMPARISON,
         behaviour_score=float(behaviour) if behaviour != "n/a" else None,
     )
     final = {
-        algo: evaluate_checkpoint(c.out or "", episodes=demo.final_episodes, device="cpu")
+        algo: evaluate_checkpoint(c.run.out or "", episodes=demo.final_episodes, device="cpu")
         for algo, c in configs.items()
     }
     table = results_table(final, summaries)
@@ -364,7 +364,7 @@ def _demo(demo: DemoConfig) -> int:
             tau=demo.target_tau,
             weight=demo.cql_weight,
             hidden="×".join(map(str, demo.hidden_dims)),
-            steps=", ".join(f"{LABELS[a]} {c.steps:,}" for a, c in configs.items()),
+            steps=", ".join(f"{LABELS[a]} {c.run.steps:,}" for a, c in configs.items()),
         )
     )
     print()

@@ -26,17 +26,16 @@ from typing import Annotated, Any, Literal
 import tyro
 
 from deep.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_path
-from deep.data import ObservationNormalizer
-from deep.train import (
+from deep.config import (
     DatasetInfo,
-    agent_gamma,
     build_agent,
     config_from_dict,
-    eval_seed,
-    evaluate_agent,
+    evaluation_gamma,
     resolve_device,
     reward_transform,
 )
+from deep.data import ObservationNormalizer
+from deep.evaluation import eval_seed, evaluate_agent
 
 
 @dataclass
@@ -73,7 +72,7 @@ def evaluate_checkpoint(
     """Load ``checkpoint`` and evaluate it; returns the ``eval/*`` numbers plus identification.
 
     Keys: ``checkpoint``, ``algo``, ``dataset``, ``env_id``, ``step``, ``episodes``, ``seed``,
-    ``gamma`` and the metrics of :func:`deep.train.evaluate_agent` (``eval/return_mean``,
+    ``gamma`` and the metrics of :func:`deep.evaluation.evaluate_agent` (``eval/return_mean``,
     ``eval/normalized_score``, ``eval/q_estimate``, ``eval/mc_return``, ...).
     """
     if episodes < 1:
@@ -82,7 +81,7 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     ckpt = load_checkpoint(path, map_location=dev)
     try:
-        config = config_from_dict(ckpt["config"], source=str(path))
+        config = config_from_dict(ckpt["config"], ckpt["agent_config"], source=str(path))
         info = DatasetInfo(**ckpt["dataset"])
         step = int(ckpt["step"])
         agent_state = ckpt["agent"]
@@ -94,16 +93,16 @@ def evaluate_checkpoint(
         raise ValueError(
             f"{path}: the run's dataset {info.name!r} names no environment; pass --env-id"
         )
-    agent, agent_config = build_agent(config, info, dev)
+    agent = build_agent(config, info, dev)
     agent.load_state_dict(agent_state)
     normalizer = (
         ObservationNormalizer.from_state_dict(normalizer_state)
         if normalizer_state is not None
         else None
     )
-    gamma = agent_gamma(config, agent_config)
-    scale, bias = reward_transform(agent_config)
-    first_seed = eval_seed(config.seed, step) if seed is None else seed
+    gamma = evaluation_gamma(config)
+    scale, bias = reward_transform(config.agent)
+    first_seed = eval_seed(config.run.seed, step) if seed is None else seed
     metrics = evaluate_agent(
         agent,
         env=env,

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from deep.agents import DiscreteBC, DiscreteBCConfig, DiscreteCQL, DiscreteCQLConfig
+from deep.algos import DiscreteBC, DiscreteBCConfig, DiscreteCQL, DiscreteCQLConfig
 from deep.data import ReplaySampler, episode_returns, load_dataset, normalize_dataset
 from deep.envs import evaluate, normalized_score
 from deep.losses import cql_regularizer, td_loss, td_target

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from deep.agents import (
+from deep.algos import (
     BC,
     CQL,
     Agent,
@@ -338,7 +338,9 @@ def test_factory_names_and_errors() -> None:
     assert type(build("sac")) is OfflineSAC
     assert isinstance(build("cql-lagrange"), CQL) and build("cql-lagrange").config.lagrange  # type: ignore[attr-defined]
     assert build("cql-rho").config.cql_estimator == "rho"  # type: ignore[attr-defined]
-    assert isinstance(make_agent("bc", OBS, N_ACTIONS, discrete=True), DiscreteBC)
+    assert isinstance(make_agent("discrete-bc", OBS, N_ACTIONS, discrete=True), DiscreteBC)
+    with pytest.raises(ValueError, match="use discrete-cql, discrete-bc"):
+        make_agent("bc", OBS, N_ACTIONS, discrete=True)
     with pytest.raises(ValueError, match="unknown agent"):
         make_agent("td3", OBS, ACT)
     with pytest.raises(ValueError, match="unknown CQLConfig fields"):

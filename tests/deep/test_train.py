@@ -1,4 +1,5 @@
-"""Tests of the training product: deep.train, deep.evaluate, deep.checkpoint, deep.plots.
+"""Tests of the training product: deep.train, deep.config, deep.evaluate, deep.checkpoint,
+deep.plots.
 
 Every run here is tiny: 1,000-transition datasets written to .npz by the built-in generators,
 16-unit networks, a handful of steps, one or two evaluation episodes.
@@ -7,6 +8,7 @@ Every run here is tiny: 1,000-transition datasets written to .npz by the built-i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,10 @@ import pytest
 import torch
 
 from deep import checkpoint as ckpt_mod
-from deep import demo, evaluate, train
+from deep import config as cfg_mod
+from deep import demo, evaluate, evaluation, runlog, train
+from deep.algos import get_algorithm
+from deep.config import RunConfig, make_config
 from deep.data import save_npz
 from deep.envs import generate_builtin
 
@@ -47,8 +51,13 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def tiny_config(dataset: Path, out: Path, **kw: Any) -> train.TrainConfig:
-    base = train.TrainConfig(
+RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+WIDTHS = ("actor_hidden", "critic_hidden", "hidden")
+
+
+def tiny_config(dataset: Path, out: Path, algo: str = "cql", **kw: Any) -> cfg_mod.TrainConfig[Any]:
+    """A tiny run of ``algo``: ``kw`` sets run settings and agent fields by name."""
+    run = RunConfig(
         dataset=str(dataset),
         out=str(out),
         steps=6,
@@ -56,13 +65,16 @@ def tiny_config(dataset: Path, out: Path, **kw: Any) -> train.TrainConfig:
         log_every=2,
         eval_every=6,
         eval_episodes=1,
-        hidden_dims=(16, 16),
         device="cpu",
         progress=False,
         tensorboard=False,
         plots=False,
     )
-    return replace(base, **kw)
+    run = dataclasses.replace(run, **{k: v for k, v in kw.items() if k in RUN_FIELDS})
+    agent = {k: v for k, v in kw.items() if k not in RUN_FIELDS}
+    fields = {f.name for f in dataclasses.fields(get_algorithm(algo).config_type)}
+    widths = {k: (16, 16) for k in WIDTHS if k in fields}
+    return make_config(algo, run, **{**widths, **agent})
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -119,7 +131,7 @@ def test_every_algo_trains_logs_evaluates_and_checkpoints(
     # The final checkpoint loads with weights_only (load_checkpoint uses it) and is finite.
     ckpt = ckpt_mod.load_checkpoint(out)
     assert ckpt["step"] == 6 and len(ckpt["rows"]) == 3
-    assert train.first_nonfinite_tensor(ckpt["agent"]) is None
+    assert runlog.first_nonfinite_tensor(ckpt["agent"]) is None
     torch.load(out / "checkpoint.pt", weights_only=True)
 
 
@@ -128,10 +140,10 @@ def test_console_entry_writes_tensorboard_and_plots(
 ) -> None:
     out = tmp_path / "run"
     args = [
-        "--algo", "cql", "--dataset", str(datasets["pendulum"]), "--out", str(out),
+        "cql", "--dataset", str(datasets["pendulum"]), "--out", str(out),
         "--steps", "4", "--batch-size", "16", "--log-every", "2", "--eval-every", "4",
-        "--eval-episodes", "1", "--hidden-dims", "16", "16", "--device", "cpu",
-        "--no-progress", "--cql-weight", "2.5", "--agent-set", "max_q_backup=true",
+        "--eval-episodes", "1", "--actor-hidden", "16", "16", "--critic-hidden", "16", "16",
+        "--device", "cpu", "--no-progress", "--cql-weight", "2.5", "--max-q-backup",
     ]  # fmt: skip
     assert train.main(args) == 0
     config = json.loads((out / "config.json").read_text())
@@ -147,13 +159,12 @@ def test_console_entry_writes_tensorboard_and_plots(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"algo": "sac", "cql_weight": 3.0}, "--cql-weight does not apply to --algo sac"),
-        ({"algo": "bc", "critic_lr": 1e-3}, "--critic-lr does not apply to --algo bc"),
-        ({"agent_set": ("no_such_field=1",)}, "has no field 'no_such_field'"),
-        ({"agent_set": ("missing_equals",)}, "--agent-set expects KEY=VALUE"),
+        ({"algo": "sac", "cql_weight": 3.0}, "(--algo sac) has no field(s) ['cql_weight']"),
+        ({"algo": "bc", "critic_lr": 1e-3}, "(--algo bc) has no field(s) ['critic_lr']"),
+        ({"algo": "sac", "eval_gamma": 0.5}, "--eval-gamma is for agents without a discount"),
         ({"checkpoint_every": 3}, "multiple of --log-every"),
         ({"steps": 0}, "--steps must be >= 1"),
-        ({"algo": "discrete-cql"}, "needs discrete actions"),
+        ({"algo": "discrete-cql"}, "is for discrete actions"),
     ],
 )
 def test_bad_options_are_named(
@@ -166,40 +177,53 @@ def test_bad_options_are_named(
 def test_continuous_algo_on_discrete_data_is_refused(
     datasets: dict[str, Path], tmp_path: Path
 ) -> None:
-    with pytest.raises(ValueError, match="needs continuous actions"):
+    with pytest.raises(ValueError, match="is for continuous actions"):
         train.run(tiny_config(datasets["cartpole"], tmp_path / "run", algo="cql"))
 
 
 def test_existing_run_is_not_overwritten(datasets: dict[str, Path], tmp_path: Path) -> None:
     config = tiny_config(datasets["pendulum"], tmp_path / "run", algo="bc", steps=2)
     train.run(config)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match=r"deep\.train resume"):
         train.run(config)
 
 
-def test_critic_and_actor_lr_map_onto_single_network_agents() -> None:
-    # discrete-cql's one optimiser trains its Q-network, bc's trains its policy.
-    cql = train.make_agent_config(train.TrainConfig(algo="discrete-cql", critic_lr=1e-3), True)
-    bc = train.make_agent_config(train.TrainConfig(algo="bc", actor_lr=2e-3), False)
-    sac = train.make_agent_config(
-        train.TrainConfig(algo="sac", actor_lr=2e-3, critic_lr=1e-3), False
-    )
-    assert cql.lr == 1e-3 and bc.lr == 2e-3
-    assert (sac.actor_lr, sac.critic_lr) == (2e-3, 1e-3)
-    with pytest.raises(ValueError, match="--actor-lr does not apply to --algo discrete-cql"):
-        train.make_agent_config(train.TrainConfig(algo="discrete-cql", actor_lr=1e-3), True)
-    # BC does not bootstrap: --gamma only sets the discount of its evaluation returns.
-    bc_config = train.TrainConfig(algo="bc", gamma=0.5)
-    assert train.agent_gamma(bc_config, train.make_agent_config(bc_config, False)) == 0.5
-    sac_config = train.TrainConfig(algo="sac", gamma=0.9)
-    assert train.agent_gamma(sac_config, train.make_agent_config(sac_config, False)) == 0.9
+def test_command_line_lists_every_field_and_refuses_foreign_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Every CQL field is a documented option of the cql subcommand, with its docstring.
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["cql", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--cql-estimator", "--lagrange-lr", "--backup-entropy", "--log-std-min"):
+        assert option in text, option
+    assert "--precision" in text and "--dataset" in text
+    # An option of another algorithm is refused by the parser, before any work.
+    for argv in (["sac", "--cql-weight", "3"], ["bc", "--critic-lr", "1e-3"]):
+        with pytest.raises(SystemExit) as exit_info:
+            train.parse_args(argv)
+        assert exit_info.value.code == 2
+    parsed = train.parse_args(["cql-lagrange", "--lagrange-threshold", "2", "--steps", "7"])
+    assert isinstance(parsed, cfg_mod.TrainConfig)
+    assert parsed.algo == "cql-lagrange" and parsed.agent.lagrange
+    assert parsed.agent.lagrange_threshold == 2.0 and parsed.run.steps == 7
+    resumed = train.parse_args(["--resume", "runs/x"])
+    assert isinstance(resumed, train.Resume) and resumed.run_dir == "runs/x"
+
+
+def test_evaluation_discount_is_the_agents_own_or_eval_gamma() -> None:
+    # BC does not bootstrap: --eval-gamma only sets the discount of its evaluation returns.
+    assert cfg_mod.evaluation_gamma(make_config("bc", RunConfig(eval_gamma=0.5))) == 0.5
+    assert cfg_mod.evaluation_gamma(make_config("bc")) == 0.99
+    assert cfg_mod.evaluation_gamma(make_config("sac", gamma=0.9)) == 0.9
 
 
 # ------------------------------------------------------------------------- metric buffer
 
 
 def test_metric_buffer_averages_and_names_first_nonfinite_step() -> None:
-    buf = train.MetricBuffer()
+    buf = runlog.MetricBuffer()
     buf.append(1, {"loss/a": torch.tensor(1.0), "loss/b": torch.tensor(10.0)})
     buf.append(2, {"loss/a": torch.tensor(3.0), "loss/b": torch.tensor(20.0)})
     buf.append(3, {"loss/a": torch.tensor(8.0)})  # a step with fewer keys
@@ -210,23 +234,23 @@ def test_metric_buffer_averages_and_names_first_nonfinite_step() -> None:
     buf.append(4, {"loss/a": torch.tensor(1.0), "loss/b": torch.tensor(2.0)})
     buf.append(5, {"loss/a": torch.tensor(1.0), "loss/b": torch.tensor(float("inf"))})
     buf.append(6, {"loss/a": torch.tensor(float("nan")), "loss/b": torch.tensor(2.0)})
-    with pytest.raises(train.NonFiniteError, match=r"'loss/b' became inf at step 5"):
+    with pytest.raises(runlog.NonFiniteError, match=r"'loss/b' became inf at step 5"):
         buf.flush()
 
 
 def test_critic_units_return_by_hand() -> None:
     # G' = c G + b (1 - γ^T) / (1 - γ). With γ = 0.5: T = 3 gives 1 + 0.5 + 0.25 = 1.75 and
     # T = 1 gives 1; so c = 2, b = 1 maps G = (10, -4) to (21.75, -7).
-    got = train.critic_units_return(np.array([10.0, -4.0]), np.array([3, 1]), 0.5, 2.0, 1.0)
+    got = evaluation.critic_units_return(np.array([10.0, -4.0]), np.array([3, 1]), 0.5, 2.0, 1.0)
     np.testing.assert_allclose(got, [21.75, -7.0])
     # γ = 1: the bias adds once per step.
-    got = train.critic_units_return(np.array([1.0]), np.array([4]), 1.0, 1.0, 0.5)
+    got = evaluation.critic_units_return(np.array([1.0]), np.array([4]), 1.0, 1.0, 0.5)
     np.testing.assert_allclose(got, [3.0])
 
 
 def test_eval_seed_depends_on_seed_and_step_only() -> None:
-    assert train.eval_seed(0, 100) == train.eval_seed(0, 100)
-    seeds = {train.eval_seed(s, t) for s in range(3) for t in (100, 200, 300)}
+    assert evaluation.eval_seed(0, 100) == evaluation.eval_seed(0, 100)
+    seeds = {evaluation.eval_seed(s, t) for s in range(3) for t in (100, 200, 300)}
     assert len(seeds) == 9
     assert all(0 <= s < 2**31 for s in seeds)
 
@@ -273,20 +297,19 @@ def test_nonfinite_stops_run_and_keeps_last_good_checkpoint(
     build = train.build_agent
 
     def poisoned(*args: Any, **kw: Any) -> Any:
-        agent, config = build(*args, **kw)
-        return _Poison(agent, at=at, where=where), config
+        return _Poison(build(*args, **kw), at=at, where=where)
 
     monkeypatch.setattr(train, "build_agent", poisoned)
     out = tmp_path / "run"
     config = tiny_config(
         datasets["pendulum"], out, algo="cql", steps=12, checkpoint_every=4, eval_every=100
     )
-    with pytest.raises(train.NonFiniteError, match=message) as err:
+    with pytest.raises(runlog.NonFiniteError, match=message) as err:
         train.run(config)
     assert "last good checkpoint" in str(err.value) and "step 4" in str(err.value)
     ckpt = ckpt_mod.load_checkpoint(out)
     assert ckpt["step"] == 4
-    assert train.first_nonfinite_tensor(ckpt["agent"]) is None
+    assert runlog.first_nonfinite_tensor(ckpt["agent"]) is None
     assert not (out / "summary.json").exists()
 
 
@@ -297,9 +320,10 @@ def test_huge_reward_scale_stops_with_message(
     # ~1e62, beyond float32's 3.4e38, so loss/q1 is inf at step 1.
     out = tmp_path / "run"
     args = [
-        "--algo", "sac", "--dataset", str(datasets["pendulum"]), "--out", str(out),
-        "--steps", "6", "--batch-size", "16", "--log-every", "2", "--hidden-dims", "16",
-        "--device", "cpu", "--no-progress", "--no-tensorboard", "--reward-scale", "1e30",
+        "sac", "--dataset", str(datasets["pendulum"]), "--out", str(out),
+        "--steps", "6", "--batch-size", "16", "--log-every", "2", "--actor-hidden", "16",
+        "--critic-hidden", "16", "--device", "cpu", "--no-progress", "--no-tensorboard",
+        "--reward-scale", "1e30",
     ]  # fmt: skip
     assert train.main(args) == 1
     err = capsys.readouterr().err
@@ -367,7 +391,7 @@ def test_evaluate_cli_reproduces_the_runs_last_evaluation(
     assert evaluate.main([str(out / "checkpoint.pt"), "--episodes", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     # Same checkpoint, same default seeds (eval_seed(seed, step)): identical numbers.
-    assert result["step"] == 6 and result["seed"] == train.eval_seed(0, 6)
+    assert result["step"] == 6 and result["seed"] == evaluation.eval_seed(0, 6)
     assert result["eval/return_mean"] == summary["return_mean"]
     assert result["eval/q_estimate"] == summary["q_estimate_mean"]
     assert result["eval/mc_return"] == summary["mc_return_mean"]
@@ -376,8 +400,8 @@ def test_evaluate_cli_reproduces_the_runs_last_evaluation(
     # from gymnasium, standardised with the checkpoint's statistics, fed to the critic at the
     # policy's own action.
     ckpt = ckpt_mod.load_checkpoint(out)
-    config = train.config_from_dict(ckpt["config"])
-    agent, _ = train.build_agent(config, train.DatasetInfo(**ckpt["dataset"]), torch.device("cpu"))
+    config = cfg_mod.config_from_dict(ckpt["config"], ckpt["agent_config"])
+    agent = cfg_mod.build_agent(config, cfg_mod.DatasetInfo(**ckpt["dataset"]), torch.device("cpu"))
     agent.load_state_dict(ckpt["agent"])
     env = gym.make("Pendulum-v1")
     s0 = np.stack([env.reset(seed=result["seed"] + i)[0] for i in range(2)])
@@ -399,14 +423,13 @@ def test_resume_before_first_checkpoint_restarts_from_saved_config(
     datasets: dict[str, Path], tmp_path: Path
 ) -> None:
     # A run killed between writing config.json and its step-0 checkpoint: only the config
-    # (and maybe a header-only metrics.csv) exist. --resume starts it from scratch.
+    # (and maybe a header-only metrics.csv) exist. Resuming starts it from scratch.
     out = tmp_path / "run"
     first = train.run(tiny_config(datasets["pendulum"], out, algo="sac"))
     expected = (out / "metrics.csv").read_text()
     (out / "checkpoint.pt").unlink()
     (out / "summary.json").unlink()
-    with pytest.warns(UserWarning, match="ignoring --steps"):
-        again = train.run(train.TrainConfig(resume=str(out), steps=999))
+    again = train.run(out)
     assert again["steps"] == 6
     assert (out / "metrics.csv").read_text() == expected
     assert again["return_mean"] == first["return_mean"]
@@ -415,7 +438,7 @@ def test_resume_before_first_checkpoint_restarts_from_saved_config(
 
 def test_resume_of_a_missing_run_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"neither checkpoint\.pt nor config\.json"):
-        train.run(train.TrainConfig(resume=str(tmp_path)))
+        train.run(tmp_path)
 
 
 def _run_cli(args: list[str]) -> subprocess.Popen[bytes]:
@@ -442,10 +465,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(
 ) -> None:
     steps, ckpt_every = 300, 40
     common = [
-        "--algo", "cql", "--dataset", str(datasets["pendulum"]), "--steps", str(steps),
+        "cql", "--dataset", str(datasets["pendulum"]), "--steps", str(steps),
         "--batch-size", "16", "--log-every", "10", "--eval-every", "50",
-        "--checkpoint-every", str(ckpt_every), "--eval-episodes", "1", "--hidden-dims", "16",
-        "--device", "cpu", "--no-progress", "--no-plots", "--seed", "3",
+        "--checkpoint-every", str(ckpt_every), "--eval-episodes", "1", "--actor-hidden", "16",
+        "--critic-hidden", "16", "--device", "cpu", "--no-progress", "--no-plots", "--seed", "3",
     ]  # fmt: skip
     killed = tmp_path / "killed"
     proc = _run_cli([*common, "--out", str(killed)])
@@ -465,7 +488,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(
     at_kill = ckpt_mod.load_checkpoint(killed)["step"]
     assert 0 < at_kill < steps
 
-    resumed = _run_cli(["--resume", str(killed)])
+    resumed = _run_cli(["resume", str(killed)])
     _, err = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, err.decode()
 
