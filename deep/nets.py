@@ -317,6 +317,27 @@ class EnsembleQ(nn.Module):
         q = h.view(self.n_critics, b, n)  # (E, B·N, 1) -> (E, B, N)
         return q[:, :, 0] if single else q
 
+    def reference_forward(self, obs: Tensor, act: Tensor) -> Tensor:
+        """The plain path :meth:`forward` must agree with: every member on its own, each layer
+        ``relu(x W + b)`` on the concatenated rows [s, a], float32 throughout, no folded bias,
+        no row blocks, no float32 head. Same shapes as :meth:`forward`; for tests and for
+        trying a new layer (LayerNorm, dropout) before it enters the fast path."""
+        single = act.dim() == 2
+        if single:
+            act = act.unsqueeze(1)
+        b, n, _ = act.shape
+        h = torch.cat([obs.unsqueeze(1).expand(b, n, self.obs_dim), act.to(obs.dtype)], dim=-1)
+        members = []
+        for e in range(self.n_critics):
+            x = h
+            for k, layer in enumerate(self.layers):
+                assert isinstance(layer, EnsembleLinear)
+                x = x @ layer.weight[e] + layer.bias[e]
+                x = x.relu() if k < len(self.layers) - 1 else x
+            members.append(x[..., 0])  # (B, N)
+        q = torch.stack(members)  # (E, B, N)
+        return q[:, :, 0] if single else q
+
 
 class EnsembleDiscreteQ(nn.Module):
     """Ensemble of ``n_critics`` discrete Q-networks: obs (B, obs_dim) -> (E, B, A).

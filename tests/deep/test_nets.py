@@ -12,6 +12,7 @@ from scipy.integrate import trapezoid
 from torch import nn
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
+from deep.algos.base import adam
 from deep.nets import (
     MLP,
     EnsembleDiscreteQ,
@@ -199,3 +200,51 @@ def test_polyak_update() -> None:
     polyak_update(target, online, 0.25)
     for t, before, p in zip(target.parameters(), t0, online.parameters(), strict=True):
         torch.testing.assert_close(t, 0.75 * before + 0.25 * p)
+
+
+@pytest.mark.parametrize(
+    ("precision", "chunk"), [("fp32", None), ("fp32", 5), ("bf16", None), ("bf16", 5)]
+)
+def test_fast_critic_agrees_with_its_reference_path(precision: str, chunk: int | None) -> None:
+    # The fast path (folded first bias, row blocks, float32 head under bf16 autocast) against
+    # the plain per-member loop, values and gradients.
+    g = torch.Generator().manual_seed(6)
+    critic = EnsembleQ(5, 2, n_critics=2, hidden=(16, 8), generator=g)
+    critic.cpu_chunk_rows = chunk
+    obs = torch.randn(13, 5, generator=g)
+    act = torch.rand(13, 3, 2, generator=g) * 2 - 1
+    grads = []
+    for path in (critic, critic.reference_forward):
+        critic.zero_grad(set_to_none=True)
+        with torch.autocast(
+            "cpu", dtype=torch.bfloat16, enabled=precision == "bf16" and path is critic
+        ):
+            q = path(obs, act)
+        assert q.shape == (2, 13, 3) and q.dtype == torch.float32
+        q.square().sum().backward()
+        grads.append((q.detach(), [p.grad.clone() for p in critic.parameters()]))
+    tol = {"rtol": 1e-5, "atol": 1e-6} if precision == "fp32" else {"rtol": 3e-2, "atol": 3e-2}
+    (q_fast, g_fast), (q_ref, g_ref) = grads
+    torch.testing.assert_close(q_fast, q_ref, **tol)
+    for a, b in zip(g_fast, g_ref, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    torch.testing.assert_close(critic.reference_forward(obs, act[:, 0]), q_ref[:, :, 0])
+
+
+def test_fused_adam_agrees_with_the_plain_implementation() -> None:
+    g = torch.Generator().manual_seed(7)
+    start = [torch.randn(4, 3, generator=g), torch.randn(3, generator=g)]
+    fast = [p.clone().requires_grad_(True) for p in start]
+    plain = [p.clone().requires_grad_(True) for p in start]
+    opt_fast = adam(fast, 1e-2)
+    opt_plain = torch.optim.Adam(plain, lr=1e-2, foreach=False, fused=False)
+    assert opt_fast.defaults.get("fused") or opt_fast.defaults.get("foreach")
+    for step in range(5):
+        x = torch.randn(8, 4, generator=g)
+        for params, opt in ((fast, opt_fast), (plain, opt_plain)):
+            opt.zero_grad()
+            ((x @ params[0] + params[1]).sin().sum() * (step + 1)).backward()
+            opt.step()
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(a, start[0] if a.dim() == 2 else start[1])
