@@ -1,12 +1,15 @@
-"""The two layering rules of the project: theory/ never imports torch or deep/, and deep/ never
-imports theory/ (tests and notebooks are the only bridge between them)."""
+"""The layering rules of the project: theory/ never imports torch or deep/, and deep/ never
+imports theory/ (tests and notebooks are the only bridge between them); inside deep/, imports
+form no cycle, and the dataset container and the environments stay independent of the rest."""
 
 import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DEEP = ROOT / "deep"
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -47,3 +50,198 @@ def test_importing_theory_loads_no_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+# --- the import graph of deep/ ---------------------------------------------------------------
+
+
+def module_name(path: Path) -> str:
+    """``deep/data/builtin.py`` -> ``deep.data.builtin``; ``deep/data/__init__.py`` -> ``deep.data``."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def deep_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(DEEP.rglob("*.py"))}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def import_nodes(tree: ast.AST, *, module_level: bool) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Import statements run when the module is imported (``module_level``: outside function
+    bodies and ``if TYPE_CHECKING:`` blocks), or else only those inside function bodies."""
+
+    def visit(node: ast.AST, in_function: bool) -> Iterator[ast.Import | ast.ImportFrom]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                if in_function != module_level:
+                    yield child
+            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                yield from visit(child, True)
+            elif isinstance(child, ast.If) and _is_type_checking(child.test) and not in_function:
+                for stmt in child.orelse:  # the TYPE_CHECKING body never runs
+                    yield from visit(ast.Module(body=[stmt], type_ignores=[]), in_function)
+            else:
+                yield from visit(child, in_function)
+
+    yield from visit(tree, False)
+
+
+def resolve(
+    node: ast.Import | ast.ImportFrom, importer: Path, modules: dict[str, Path]
+) -> set[str]:
+    """Modules of ``modules`` that an import statement in ``importer`` names.
+
+    ``from deep.data import builtin`` names the submodule ``deep.data.builtin``; ``from deep.data
+    import load_dataset`` names the package ``deep.data`` (its ``__init__``); relative imports
+    resolve against the importer's package. Every import of a submodule also runs its parent
+    packages' ``__init__`` first; that edge is not drawn, as Python allows it (the package is
+    already in ``sys.modules`` while its ``__init__`` imports its own submodules).
+    """
+    found: set[str] = set()
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            parts = alias.name.split(".")
+            for k in range(len(parts), 0, -1):
+                if ".".join(parts[:k]) in modules:
+                    found.add(".".join(parts[:k]))
+                    break
+        return found
+    if node.level:
+        name = module_name(importer)
+        package = name if importer.name == "__init__.py" else name.rpartition(".")[0]
+        base_parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+        base = ".".join(base_parts + ([node.module] if node.module else []))
+    else:
+        base = node.module or ""
+    for alias in node.names:
+        if f"{base}.{alias.name}" in modules:
+            found.add(f"{base}.{alias.name}")
+        elif base in modules:
+            found.add(base)
+    return found
+
+
+def import_graph(*, module_level: bool = True) -> dict[str, set[str]]:
+    modules = deep_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        edges: set[str] = set()
+        for node in import_nodes(tree, module_level=module_level):
+            edges |= resolve(node, path, modules)
+        graph[name] = edges - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle ``[a, b, ..., a]`` of a directed graph, or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := dfs(nxt)) is not None:
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := dfs(start)) is not None:
+            return cycle
+    return None
+
+
+def test_find_cycle_names_the_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_import_resolution_on_the_data_package() -> None:
+    graph = import_graph()
+    # A submodule named in a from-import, a package, and a relative-free from-import of names.
+    assert "deep.data.builtin" in graph["deep.data"]
+    assert {"deep.data.dataset", "deep.data.formats", "deep.envs"} <= graph["deep.data.builtin"]
+    assert "deep.data" in graph["deep.data.__main__"]
+
+
+def test_deep_module_level_imports_are_acyclic() -> None:
+    """Module-level imports only (those run on import, ``if TYPE_CHECKING:`` blocks excepted):
+    some modules of deep/ still import inside functions, which the next test forbids only in
+    the modules it lists."""
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle in deep/: " + " -> ".join(cycle or [])
+
+
+# Modules that import every project module at module level (no function-local imports, no
+# importlib): the data package, the environments, and the file helpers.
+NO_LOCAL_IMPORTS = (
+    "deep/checkpoint.py",
+    "deep/data/__init__.py",
+    "deep/data/__main__.py",
+    "deep/data/builtin.py",
+    "deep/data/dataset.py",
+    "deep/data/formats.py",
+    "deep/envs.py",
+    "deep/files.py",
+)
+
+
+def test_listed_modules_import_project_modules_at_module_level_only() -> None:
+    """Restricted to NO_LOCAL_IMPORTS; function-local imports of third-party packages (h5py,
+    minari, mujoco: optional or slow to import) stay allowed."""
+    modules = deep_modules()
+    offenders: dict[str, list[str]] = {}
+    for rel in NO_LOCAL_IMPORTS:
+        path = ROOT / rel
+        tree = ast.parse(path.read_text(), filename=str(path))
+        local = set()
+        for node in import_nodes(tree, module_level=False):
+            local |= resolve(node, path, modules)
+        dynamic = {
+            "importlib"
+            for node in ast.walk(tree)
+            if (
+                isinstance(node, ast.Import)
+                and any(a.name.startswith("importlib") for a in node.names)
+            )
+            or (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("importlib"))
+        } | {
+            "__import__"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "__import__"
+        }
+        if local or dynamic:
+            offenders[rel] = sorted(local | dynamic)
+    assert not offenders, f"function-local or dynamic imports of project modules: {offenders}"
+
+
+def test_envs_never_imports_the_data_package() -> None:
+    # Any import, module-level or not: evaluation must not depend on how datasets are made.
+    modules = deep_modules()
+    path = DEEP / "envs.py"
+    tree = ast.parse(path.read_text(), filename=str(path))
+    named = set()
+    for module_level in (True, False):
+        for node in import_nodes(tree, module_level=module_level):
+            named |= resolve(node, path, modules)
+    data = sorted(m for m in named if m == "deep.data" or m.startswith("deep.data."))
+    assert not data, f"deep/envs.py imports {data}"
+
+
+def test_dataset_container_is_a_leaf() -> None:
+    path = DEEP / "data" / "dataset.py"
+    tree = ast.parse(path.read_text(), filename=str(path))
+    assert imported_roots(path) & {"deep", "theory"} == set(), "deep/data/dataset.py imports deep/"
+    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))

@@ -11,9 +11,9 @@ import io
 import os
 import subprocess
 import sys
-import types
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from deep.data import (
     ObservationNormalizer,
     OfflineDataset,
     ReplaySampler,
+    builtin,
     d4rl_name,
     episode_returns,
     export_d4rl,
@@ -316,10 +317,18 @@ def test_export_round_trip_discrete_and_npz(tmp_path: Path) -> None:
 
 def test_episode_returns_split_at_ends() -> None:
     ds = mixed_dataset()
-    # Segments: A (0..3), B (4..6), isolated 7, 8, 9, 10, 11, and the pair 12..13.
-    bounds = [(0, 4), (4, 7), (7, 8), (8, 9), (9, 10), (10, 11), (11, 12), (12, 14)]
+    # Segments: A (0..3), B (4..6), isolated 7, 8, 9, 10, 11, and the pair 12..13. The pair
+    # ends with neither a terminal nor a timeout: an episode cut off by the end of the data,
+    # not counted (as d4rl.sequence_dataset drops it).
+    bounds = [(0, 4), (4, 7), (7, 8), (8, 9), (9, 10), (10, 11), (11, 12)]
     expected = [ds.rewards[a:b].astype(np.float64).sum() for a, b in bounds]
     np.testing.assert_allclose(episode_returns(ds), expected)
+    # Marked as a timeout, the last segment is a finished episode and counts.
+    assert ds.timeouts is not None
+    timeouts = ds.timeouts.copy()
+    timeouts[-1] = True
+    finished = episode_returns(replace(ds, timeouts=timeouts))
+    np.testing.assert_allclose(finished, [*expected, ds.rewards[12:14].astype(np.float64).sum()])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,18 +459,20 @@ def test_spec_errors(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Built-in datasets (deep.envs is replaced by a stand-in module)
+# Built-in datasets (deep.data.builtin's generator is replaced by a stand-in)
 # ---------------------------------------------------------------------------------------------
 
 
-def test_builtin_delegates_to_deep_envs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_builtin_delegates_to_deep_data_builtin(monkeypatch: pytest.MonkeyPatch) -> None:
     ds = mixed_dataset()
-    fake = types.ModuleType("deep.envs")
-    fake.builtin_names = lambda: ["pendulum-random", "cartpole-random"]  # type: ignore[attr-defined]
-    fake.load_builtin = lambda name: OfflineDataset(  # type: ignore[attr-defined]
-        **{**ds.__dict__, "terminals": ds.terminals.astype(np.float32), "name": name}
+    monkeypatch.setattr(builtin, "builtin_names", lambda: ["pendulum-random", "cartpole-random"])
+    monkeypatch.setattr(
+        builtin,
+        "load_builtin",
+        lambda name: OfflineDataset(
+            **{**ds.__dict__, "terminals": ds.terminals.astype(np.float32), "name": name}
+        ),
     )
-    monkeypatch.setitem(sys.modules, "deep.envs", fake)
 
     got = load_dataset("pendulum-random")
     assert got.name == "pendulum-random"
@@ -471,12 +482,6 @@ def test_builtin_delegates_to_deep_envs(monkeypatch: pytest.MonkeyPatch) -> None
         KeyError, match=r"unknown dataset 'hopper-medium'.*cartpole-random.*minari:"
     ):
         load_dataset("hopper-medium")
-
-
-def test_builtin_without_deep_envs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "deep.envs", None)  # makes the import fail
-    with pytest.raises(ModuleNotFoundError, match=r"deep/envs\.py.*not available.*\.hdf5"):
-        load_dataset("pendulum-random")
 
 
 # ---------------------------------------------------------------------------------------------

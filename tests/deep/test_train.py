@@ -31,8 +31,7 @@ from deep import config as cfg_mod
 from deep import demo, evaluate, evaluation, runlog, train
 from deep.algos import get_algorithm
 from deep.config import RunConfig, make_config
-from deep.data import save_npz
-from deep.envs import generate_builtin
+from deep.data import generate_builtin, save_npz
 
 REPO = Path(__file__).resolve().parents[2]
 
