@@ -60,7 +60,7 @@ class OfflineDataset:
     rescales back to the environment's units).
 
     :func:`validate_dataset` checks all of this and returns the canonical dtypes;
-    :func:`load_dataset` always does.
+    :func:`deep.data.load_dataset` always does.
     """
 
     observations: np.ndarray

@@ -141,6 +141,27 @@ def test_load_dataset_serves_validated_builtins(
     assert builtin.cache_path("cartpole-expert").parent == tmp_path
 
 
+def test_cache_files_are_save_npz_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One npz format: a cache file loads as any .npz spec, with the dataset's metadata.
+    name, n = "cartpole-random", 300
+    ds = builtin.load_builtin(name, n_transitions=n, cache_dir=tmp_path)
+    path = builtin.cache_path(name, n, cache_dir=tmp_path)
+    via_spec = data.load_dataset(path)
+    assert_same_arrays(ds, via_spec)
+    assert (via_spec.name, via_spec.env_id, via_spec.n_actions) == (name, "CartPole-v1", 2)
+    # A file in the layout the cache had before it used save_npz (arrays plus a 'name' key) is
+    # still read, not regenerated.
+    np.savez(path, **{k: getattr(ds, k) for k in ARRAYS}, name=np.str_(name))
+
+    def no_generation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(builtin, "_collect", no_generation)
+    old = builtin.load_builtin(name, n_transitions=n, cache_dir=tmp_path)
+    assert_same_arrays(ds, old)
+    assert (old.discrete, old.n_actions, old.env_id, old.name) == (True, 2, "CartPole-v1", name)
+
+
 def test_medium_expert_is_medium_then_expert(tmp_path: Path) -> None:
     n = 800
     both = builtin.load_builtin("pendulum-medium-expert", n_transitions=n, cache_dir=tmp_path)

@@ -30,6 +30,7 @@ from deep.data import (
     ReplaySampler,
     builtin,
     d4rl_name,
+    describe,
     episode_returns,
     export_d4rl,
     infer_env_id,
@@ -329,6 +330,15 @@ def test_episode_returns_split_at_ends() -> None:
     timeouts[-1] = True
     finished = episode_returns(replace(ds, timeouts=timeouts))
     np.testing.assert_allclose(finished, [*expected, ds.rewards[12:14].astype(np.float64).sum()])
+
+
+def test_describe_without_a_finished_episode() -> None:
+    ds = mixed_dataset()
+    assert ds.timeouts is not None
+    keys = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+    tail = replace(ds, **{k: getattr(ds, k)[12:] for k in keys})  # the unfinished pair only
+    assert episode_returns(tail).shape == (0,)
+    assert "segments: 0 (no transition ends an episode)" in describe(tail)
 
 
 # ---------------------------------------------------------------------------------------------
