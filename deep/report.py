@@ -8,8 +8,8 @@
 A run folder is any folder holding a ``summary.json`` (found recursively), as
 ``python -m deep.train`` and ``python -m deep.sweep`` write them. Runs are grouped into cells,
 dataset × algorithm, where "algorithm" is the ``algo`` plus every train setting that differs
-between that algo's runs (``cql cql_weight=1`` vs ``cql cql_weight=5``; read from the
-``trial.json`` a sweep leaves in each trial folder, else from ``config.json``). A cell's seeds
+between that algo's runs (``cql cql_weight=1`` vs ``cql cql_weight=5``; the settings a sweep
+gave the run, from its ``.sweep/<run>.json``, else those of its ``config.json``). A cell's seeds
 are its runs; the score of a run is its final ``normalized_score``.
 
 Written to ``--out`` (default: DIR):
@@ -46,8 +46,9 @@ from deep import stats
 
 SUMMARY_NAME = "summary.json"
 CONFIG_NAME = "config.json"
-TRIAL_NAME = "trial.json"
-"""Written by deep.sweep in each trial folder: the trial's algo, dataset, seed and settings."""
+SWEEP_META_DIR = ".sweep"
+"""Where deep.sweep keeps, beside each trial folder, ``<trial>.json``: its algo, dataset, seed
+and settings."""
 METRICS_NAME = "metrics.csv"
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
@@ -105,15 +106,27 @@ def _read_json(path: Path) -> Any:
 
 
 def _settings(run_dir: Path) -> dict[str, Any]:
-    """The run's train settings: the sweep's ``trial.json`` if any, else ``config.json``."""
-    for name, key in ((TRIAL_NAME, "settings"), (CONFIG_NAME, "train")):
-        try:
-            data = _read_json(run_dir / name)
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            return {k: v for k, v in data[key].items() if k not in _NOT_SETTINGS}
-    return {}
+    """The run's settings: those a sweep gave it (``../.sweep/<run>.json``), else those of
+    its ``config.json`` (the agent's config, and the run options it does not have)."""
+    try:
+        trial = _read_json(run_dir.parent / SWEEP_META_DIR / f"{run_dir.name}.json")
+        if isinstance(trial, dict) and isinstance(trial.get("settings"), dict):
+            return {k: v for k, v in trial["settings"].items() if k not in _NOT_SETTINGS}
+    except (OSError, ValueError):
+        pass
+    try:
+        config = _read_json(run_dir / CONFIG_NAME)
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, Any] = {}
+    if isinstance(config, dict):
+        for key in ("agent", "train"):
+            section = config.get(key)
+            if isinstance(section, dict):
+                for k, v in section.items():
+                    if k not in _NOT_SETTINGS:
+                        out.setdefault(k, v)
+    return out
 
 
 def _format_value(v: Any) -> str:

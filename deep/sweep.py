@@ -1,0 +1,872 @@
+"""Sweeps of ``deep.train`` runs, datasets × algorithms × settings × seeds, on Ray.
+
+::
+
+    python -m deep.sweep sweep.toml                       # a spec file (TOML or JSON)
+    python -m deep.sweep --algos cql bc --datasets pendulum-medium --seeds 0 1 2 \\
+        --set steps=2000 cql:critic_hidden=[64,64] bc:hidden=[64,64] \\
+        --grid cql:cql_weight=[1,5] --out runs/sweep
+    python -m deep.sweep sweep.toml --address auto --gpus-per-trial 0.25   # on a cluster
+    python -m deep.sweep sweep.toml --workers 1           # in this process, without Ray
+
+A spec file holds the same lists (command-line ones replace the file's)::
+
+    algos = ["cql", "bc"]
+    datasets = ["pendulum-medium"]
+    seeds = [0, 1, 2]              # or a count: seeds = 3 means 0, 1, 2
+    out = "runs/sweep"
+
+    [train]                        # train options of every trial
+    steps = 2000
+    [grid]                         # each list is an axis of the grid, for every trial
+    batch_size = [128, 256]
+    [cql.train]                    # options of cql's trials only (options differ by algo)
+    critic_hidden = [64, 64]
+    [cql.grid]
+    cql_weight = [1.0, 5.0]
+
+Option names are those of ``python -m deep.train ALGO --help`` (``cql_weight`` or
+``cql-weight``); values are JSON / TOML values (a list for a multi-value option, true/false for
+a flag). Each trial is an ordinary training run in its own folder under the sweep folder,
+named from algo, dataset, grid settings and seed (``cql-pendulum-medium-cql_weight=5-seed0``),
+so ``deep.evaluate``, ``deep.train resume`` and the plots work on it unchanged (it holds
+nothing else: deep.train refuses folders with foreign files). The sweep folder also holds
+``sweep.json`` (the last spec), ``sweep.jsonl`` (one line per trial event: start, resume,
+skip, done, failed), ``.sweep/<trial>.json`` (the trial's definition, which deep.report reads
+for its labels), ``.sweep/<trial>.log`` (its output), and at the end the :mod:`deep.report`
+of all its trials.
+
+Running the same command again continues a sweep: a trial whose folder has ``summary.json``
+is finished and skipped, one with ``checkpoint.pt`` but no summary is resumed (``deep.train``
+resumes exactly), any other starts afresh. The trial folders are the sweep's whole state.
+
+Ray: each trial is one Ray *task* (``ray.remote(num_cpus=…, num_gpus=…)``) that calls
+``deep.train.main(argv)`` in the worker process, not Ray Tune. The grid is fixed and every
+trial runs to its end, so Tune's search algorithms, schedulers and result reporting have
+nothing to do, while its experiment state (``Tuner.restore``) would be a second record of
+progress beside the trial folders, able to disagree with them; with tasks, "continue" is just
+running the sweep again, and the folders are plain ``deep.train`` runs. Locally ``ray.init``
+starts on ``--workers`` × ``--cpus-per-trial`` CPUs (default: every core, one trial per core,
+one torch thread each); ``--address`` (or ``RAY_ADDRESS``) joins a cluster, whose nodes need
+this package installed and the sweep folder on shared storage. ``--workers 1`` without an
+address runs the trials one after the other in this process and needs no Ray.
+
+All knowledge of the ``deep.train`` command line is in :func:`trial_argv` and
+:func:`resume_argv`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import tyro
+
+from deep.files import atomic_write_text
+
+SPEC_NAME = "sweep.json"
+EVENTS_NAME = "sweep.jsonl"
+META_DIR = ".sweep"
+"""Per trial, beside (not in) its run folder, which deep.train wants to itself:
+``<name>.json`` (the trial's definition), ``<name>.log`` (its output), ``<name>.lock``."""
+SUMMARY_NAME = "summary.json"
+CHECKPOINT_NAME = "checkpoint.pt"
+INSTALL_HINT = "pip install -e .[sweep]"
+
+# What deep.report writes into the sweep folder; with the two files above, all that is ours.
+_REPORT_FILES = frozenset(
+    {"results.md", "results.json", "intervals.png", "profiles.png", "training.png"}
+)
+# Set by the sweep itself (its lists and resources), so not allowed among the settings.
+_RESERVED = frozenset({"algo", "dataset", "seed", "out", "resume", "threads", "device"})
+_SPEC_KEYS = frozenset({"algos", "datasets", "seeds", "out", "train", "grid"})
+
+
+def _meta(root: Path, name: str, kind: str) -> Path:
+    """``root/.sweep/<name>.<kind>``: a trial's definition (json), output (log) or lock."""
+    return root / META_DIR / f"{name}.{kind}"
+
+
+class SweepError(Exception):
+    """Bad input to a sweep; its message is one line naming the problem."""
+
+
+# ------------------------------------------------------------------------------ trials
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training run of the sweep."""
+
+    algo: str
+    dataset: str
+    seed: int
+    settings: tuple[tuple[str, Any], ...] = ()
+    """Train options (name, value), sorted by name: the fixed ones and this grid point's."""
+    grid: tuple[str, ...] = ()
+    """Names of the settings that vary across the sweep (they name the folder)."""
+    threads: int = 1
+    """torch threads (the CPUs Ray reserves for the trial)."""
+    device: str = "cpu"
+
+    @property
+    def name(self) -> str:
+        """Folder name: ``algo-dataset[-key=value...]-seedN``."""
+        parts = [self.algo, _slug(self.dataset)]
+        values = dict(self.settings)
+        parts += [f"{k}={_slug(_value_text(values[k]))}" for k in self.grid]
+        return "-".join([*parts, f"seed{self.seed}"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``.sweep/<name>.json`` holds (deep.report reads ``settings``)."""
+        return {
+            "name": self.name,
+            "algo": self.algo,
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "settings": dict(self.settings),
+            "grid": list(self.grid),
+        }
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, list | tuple):
+        return "x".join(_value_text(x) for x in v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _slug(text: str) -> str:
+    """A dataset spec or value as a file-name part: a path's stem, unsafe characters as _."""
+    if "/" in text and not text.startswith("minari:"):
+        text = Path(text).stem
+    text = text.removeprefix("minari:")
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_") or "_"
+
+
+def trial_argv(trial: Trial, run_dir: str | Path) -> list[str]:
+    """The ``deep.train`` command line (after ``python -m deep.train``) of a fresh trial.
+
+    Written for ``python -m deep.train ALGO --dataset D --seed S --out DIR [--option VALUE]``:
+    a list value becomes several tokens (``--critic-hidden 64 64``), a bool ``--flag`` or
+    ``--no-flag``, None is left to train's default.
+    """
+    argv = [
+        trial.algo,
+        "--dataset",
+        trial.dataset,
+        "--seed",
+        str(trial.seed),
+        "--out",
+        str(run_dir),
+        "--threads",
+        str(trial.threads),
+        "--device",
+        trial.device,
+        "--no-progress",
+    ]
+    for key, value in trial.settings:
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list | tuple):
+            argv += [flag, *(_value_text(v) for v in value)]
+        else:
+            argv += [flag, _value_text(value)]
+    return argv
+
+
+def resume_argv(run_dir: str | Path) -> list[str]:
+    """The ``deep.train`` command line that continues the run in ``run_dir``."""
+    return ["resume", str(run_dir)]
+
+
+# ------------------------------------------------------------------------------ the spec
+
+
+@dataclass
+class Spec:
+    """What to sweep: the lists, and train options for every trial or one algo's."""
+
+    algos: list[str]
+    datasets: list[str]
+    seeds: list[int]
+    train: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    per_algo: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """algo -> {"train": {...}, "grid": {...}}."""
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "algos": self.algos,
+            "datasets": self.datasets,
+            "seeds": self.seeds,
+            "train": self.train,
+            "grid": self.grid,
+        }
+        data.update(self.per_algo)
+        if self.out is not None:
+            data["out"] = self.out
+        return data
+
+
+def _option_name(key: str, where: str) -> str:
+    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key):
+        raise SweepError(f"{where}: {key!r} is not an option name")
+    name = key.replace("-", "_")
+    if name in _RESERVED:
+        hint = {
+            "algo": "algos",
+            "dataset": "datasets",
+            "seed": "seeds",
+            "threads": "--cpus-per-trial",
+            "device": "--gpus-per-trial",
+        }.get(name, "the sweep folder")
+        raise SweepError(f"{where}: {key!r} is set by the sweep (use {hint})")
+    return name
+
+
+def _options(table: Any, where: str, grid: bool) -> dict[str, Any]:
+    if not isinstance(table, Mapping):
+        raise SweepError(f"{where} must be a table of options, got {type(table).__name__}")
+    out = {}
+    for key, value in table.items():
+        name = _option_name(key, where)
+        if grid:
+            if not isinstance(value, list):
+                raise SweepError(f"{where}.{key} must be a list of values, got {value!r}")
+            if not value:
+                raise SweepError(f"{where}.{key} is an empty list")
+        out[name] = value
+    return out
+
+
+def _str_list(value: Any, key: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise SweepError(f"{key} must be a list of names, got {value!r}")
+    if not value:
+        raise SweepError(f"{key} is an empty list")
+    if len(set(value)) != len(value):
+        raise SweepError(f"{key} lists a name twice: {value}")
+    return list(value)
+
+
+def _seed_list(value: Any) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise SweepError(f"seeds = {value}: need at least one seed")
+        return list(range(value))
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise SweepError(f"seeds must be a list of integers or a count, got {value!r}")
+    if not value:
+        raise SweepError("seeds is an empty list")
+    if len(set(value)) != len(value):
+        raise SweepError(f"seeds lists a seed twice: {value}")
+    return list(value)
+
+
+def spec_from_dict(data: Mapping[str, Any], source: str = "spec") -> Spec:
+    """A :class:`Spec` from a spec file's data; raises :class:`SweepError` on bad input."""
+    if not isinstance(data, Mapping):
+        raise SweepError(f"{source}: a spec is a table, got {type(data).__name__}")
+    for key in ("algos", "datasets", "seeds"):
+        if key not in data:
+            raise SweepError(f"{source}: no {key} given")
+    algos = _str_list(data["algos"], "algos")
+    per_algo: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, value in data.items():
+        if key in _SPEC_KEYS:
+            continue
+        if key not in algos:
+            raise SweepError(
+                f"{source}: unknown key {key!r} (expected {', '.join(sorted(_SPEC_KEYS))}, "
+                f"or a table for one of the algos {algos})"
+            )
+        if not isinstance(value, Mapping) or set(value) - {"train", "grid"}:
+            raise SweepError(f"{source}: [{key}] may hold only [{key}.train] and [{key}.grid]")
+        per_algo[key] = {
+            "train": _options(value.get("train", {}), f"{key}.train", grid=False),
+            "grid": _options(value.get("grid", {}), f"{key}.grid", grid=True),
+        }
+    out = data.get("out")
+    if out is not None and not isinstance(out, str):
+        raise SweepError(f"{source}: out must be a folder name, got {out!r}")
+    spec = Spec(
+        algos=algos,
+        datasets=_str_list(data["datasets"], "datasets"),
+        seeds=_seed_list(data["seeds"]),
+        train=_options(data.get("train", {}), "train", grid=False),
+        grid=_options(data.get("grid", {}), "grid", grid=True),
+        per_algo=per_algo,
+        out=out,
+    )
+    for algo, tables in per_algo.items():
+        for kind in ("train", "grid"):
+            both = (set(spec.train) | set(spec.grid)) & set(tables[kind])
+            if both:
+                raise SweepError(f"{algo}.{kind}: {sorted(both)} already set for every trial")
+    return spec
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """A spec file's data: TOML (``.toml``) or JSON (anything else)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SweepError(f"cannot read spec {path}: {e.strerror or e}") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data: Any = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ValueError as e:
+        raise SweepError(f"{path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from None
+    if not isinstance(data, dict):
+        raise SweepError(f"{path}: a spec is a table, got {type(data).__name__}")
+    return data
+
+
+def trials(spec: Spec, threads: int = 1, device: str = "cpu") -> list[Trial]:
+    """Every trial of ``spec``: algos × datasets × grid points × seeds, in that order."""
+    out: list[Trial] = []
+    for algo in spec.algos:
+        tables = spec.per_algo.get(algo, {})
+        fixed = {**spec.train, **tables.get("train", {})}
+        grid = {**spec.grid, **tables.get("grid", {})}
+        keys = sorted(grid)
+        # Name by every grid axis of the sweep with more than one value (for this algo).
+        named = tuple(k for k in keys if len(grid[k]) > 1)
+        for dataset in spec.datasets:
+            for point in itertools.product(*(grid[k] for k in keys)):
+                settings = {**fixed, **dict(zip(keys, point, strict=True))}
+                for seed in spec.seeds:
+                    out.append(
+                        Trial(
+                            algo=algo,
+                            dataset=dataset,
+                            seed=seed,
+                            settings=tuple(sorted(settings.items())),
+                            grid=named,
+                            threads=threads,
+                            device=device,
+                        )
+                    )
+    names = [t.name for t in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SweepError(f"two trials would share the folder {dup[0]} (datasets with one stem?)")
+    return out
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def one_line(text: str) -> str:
+    """The first meaningful line(s) of a (tyro-boxed) error message, joined into one line."""
+    lines: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip(" │╭╮╰╯─-\t").strip()
+        if not line:
+            if lines:
+                break
+            continue
+        if line.lower().startswith(("usage:", "for full helptext", "argument helptext")):
+            continue
+        lines.append(line)
+    # A box title is repeated by its first line ("Value error" / "Value error: ..."): keep one.
+    kept = [
+        a for i, a in enumerate(lines[:3]) if not any(b.startswith(a) for b in lines[i + 1 : 3])
+    ]
+    return ": ".join(kept) or "(no message)"
+
+
+def _call_train(argv: Sequence[str]) -> tuple[int, str, str]:
+    """``deep.train.main(argv)`` with its output captured: (exit code, stdout, stderr)."""
+    from deep import train
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = train.main(list(argv))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return int(code), out.getvalue(), err.getvalue()
+
+
+def check_trials(items: Sequence[Trial]) -> None:
+    """Ask the train command line about one trial of each algo and settings-name set.
+
+    Runs ``deep.train`` with the trial's argv plus ``--help`` (it parses, prints help, trains
+    nothing): a parse error, an algo the help does not name, or an option the help does not
+    list raises :class:`SweepError`. Values are checked when the trial runs.
+    """
+    seen = set()
+    for trial in items:
+        key = (trial.algo, tuple(k for k, _ in trial.settings))
+        if key in seen:
+            continue
+        seen.add(key)
+        argv = trial_argv(trial, Path("sweep-check") / trial.name)
+        code, out, err = _call_train([*argv, "--help"])
+        if code != 0:
+            raise SweepError(f"deep.train rejects {trial.name}: {one_line(err or out)}")
+        if not re.search(rf"(?<![\w-]){re.escape(trial.algo)}(?![\w-])", out):
+            raise SweepError(f"unknown algo {trial.algo!r} (see python -m deep.train --help)")
+        known = set(re.findall(r"--[A-Za-z0-9][\w-]*", out))
+        unknown = [a for a in argv if a.startswith("--") and a not in known]
+        if unknown:
+            raise SweepError(
+                f"{trial.algo} has no option {', '.join(unknown)} "
+                f"(see python -m deep.train {trial.algo} --help)"
+            )
+
+
+def check_folder(root: Path, items: Sequence[Trial]) -> None:
+    """Refuse a sweep folder holding anything not made by a sweep, or a trial folder made
+    with other settings than its trial's now."""
+    if root.exists() and not root.is_dir():
+        raise SweepError(f"{root} is a file, not a sweep folder")
+    if not root.exists():
+        return
+    names = {t.name: t for t in items}
+    foreign = []
+    for entry in sorted(root.iterdir()):
+        if entry.name in (SPEC_NAME, EVENTS_NAME, META_DIR) or entry.name in _REPORT_FILES:
+            continue
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            continue  # an atomic write interrupted by a kill
+        if entry.is_dir() and (
+            _meta(root, entry.name, "json").is_file() or not any(entry.iterdir())
+        ):
+            continue
+        foreign.append(entry.name + ("/" if entry.is_dir() else ""))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise SweepError(
+            f"{root} holds files not made by deep.sweep ({shown}); choose another --out"
+        )
+    for name, trial in names.items():
+        path = _meta(root, name, "json")
+        if not path.is_file():
+            continue
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            continue  # rewritten when the trial starts afresh
+        # Through JSON, so tuples and lists compare equal.
+        now = json.loads(json.dumps(trial.to_dict()))
+        if saved != now:
+            diff = sorted(
+                k
+                for k in set(saved.get("settings", {})) | set(now["settings"])
+                if saved.get("settings", {}).get(k) != now["settings"].get(k)
+            )
+            raise SweepError(
+                f"{root / name} was made with other settings ({', '.join(diff) or 'definition'} "
+                "differ); choose another --out"
+            )
+
+
+# ------------------------------------------------------------------------------ running
+
+
+@dataclass
+class TrialResult:
+    name: str
+    status: str
+    """done (trained now), skipped (finished before), failed."""
+    code: int = 0
+    message: str = ""
+    seconds: float = 0.0
+    score: float | None = None
+
+
+def _event(root: Path, trial: str, event: str, **extra: Any) -> None:
+    # One short line per write with O_APPEND: concurrent trials do not interleave lines.
+    line = json.dumps(
+        {"time": time.time(), "trial": trial, "event": event, "pid": os.getpid(), **extra}
+    )
+    with open(root / EVENTS_NAME, "a") as f:
+        f.write(line + "\n")
+
+
+def read_events(root: str | Path) -> list[dict[str, Any]]:
+    """The events of ``sweep.jsonl``, oldest first (a torn last line is skipped)."""
+    path = Path(root) / EVENTS_NAME
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    return events
+
+
+def _summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((run_dir / SUMMARY_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def trial_state(run_dir: Path) -> str:
+    """``done`` (a readable summary.json), ``resume`` (a checkpoint, no summary) or ``fresh``."""
+    if _summary(run_dir) is not None:
+        return "done"
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        return "resume"
+    return "fresh"
+
+
+def _score(summary: Mapping[str, Any] | None) -> float | None:
+    x = (summary or {}).get("normalized_score")
+    return float(x) if isinstance(x, int | float) and x == x else None
+
+
+@contextlib.contextmanager
+def _trial_lock(root: Path, name: str) -> Iterator[None]:
+    """Hold ``root/.sweep/<name>.lock`` exclusively (``flock``; released when the process
+    dies, however). A trial is therefore never trained by two processes at once: the worker
+    of a killed sweep that is still finishing its trial, and the sweep that continues it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    path = _meta(root, name, "lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_trial(trial: Trial, root: str | Path) -> TrialResult:
+    """Run, continue or skip one trial in ``root / trial.name`` (in this process)."""
+    root = Path(root)
+    with _trial_lock(root, trial.name):
+        return _run_trial_locked(trial, root)
+
+
+def _run_trial_locked(trial: Trial, root: Path) -> TrialResult:
+    run_dir = root / trial.name
+    state = trial_state(run_dir)
+    if state == "done":
+        _event(root, trial.name, "skip")
+        return TrialResult(trial.name, "skipped", score=_score(_summary(run_dir)))
+    if state == "resume":
+        argv = resume_argv(run_dir)
+    else:
+        # Killed before its first checkpoint: nothing to keep (the folder is ours, see
+        # check_folder), and deep.train refuses a folder that holds a config already.
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        atomic_write_text(
+            _meta(root, trial.name, "json"), json.dumps(trial.to_dict(), indent=2) + "\n"
+        )
+        argv = trial_argv(trial, run_dir)
+    _event(root, trial.name, "start" if state == "fresh" else "resume")
+    start = time.perf_counter()
+    with open(_meta(root, trial.name, "log"), "a") as log:
+        log.write(f"$ python -m deep.train {' '.join(argv)}\n")
+        log.flush()
+        code, out, err = _call_train(argv)
+        log.write(out + err)
+    seconds = time.perf_counter() - start
+    if code != 0:
+        message = one_line(err or out)
+        _event(root, trial.name, "failed", code=code, message=message)
+        return TrialResult(trial.name, "failed", code, message, seconds)
+    _event(root, trial.name, "done", seconds=seconds)
+    return TrialResult(trial.name, "done", seconds=seconds, score=_score(_summary(run_dir)))
+
+
+def _exit_with_parent(poll_seconds: float = 0.5) -> None:
+    """Exit this process (a Ray worker) as soon as its parent, the raylet, is gone.
+
+    When the driver is killed its raylet dies with it, but a worker busy in a trial would
+    train on, orphaned, to the trial's end; its last checkpoint is all the next sweep needs.
+    """
+    import threading
+
+    if any(t.name == "exit-with-raylet" for t in threading.enumerate()):
+        return  # a worker runs many tasks; one watcher is enough
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-raylet", daemon=True).start()
+
+
+def _run_trial_on_ray(trial: Trial, root: str) -> TrialResult:
+    """The Ray task: :func:`run_trial` in a worker that dies with its raylet."""
+    _exit_with_parent()
+    return run_trial(trial, root)
+
+
+def _ray_results(
+    items: Sequence[Trial],
+    root: Path,
+    workers: int | None,
+    address: str | None,
+    cpus: int,
+    gpus: float,
+) -> Iterator[TrialResult]:
+    import ray
+
+    if address is not None:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=workers * cpus if workers is not None else None,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    try:
+        # Ray retries a task whose worker died; the retry resumes from the trial's checkpoint.
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=2)(_run_trial_on_ray)
+        pending = [task.remote(t, str(root.resolve())) for t in items]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                yield ray.get(ref)
+    finally:
+        ray.shutdown()
+
+
+def run_sweep(
+    spec: Spec,
+    out: str | Path,
+    workers: int | None = None,
+    address: str | None = None,
+    cpus_per_trial: int = 1,
+    gpus_per_trial: float = 0.0,
+    report: bool = True,
+    reps: int = 2000,
+    echo: bool = True,
+) -> list[TrialResult]:
+    """Check, run (or continue) every trial of ``spec`` in ``out``, then report on ``out``.
+
+    ``workers``: concurrent trials on a local Ray instance (default: the machine's cores over
+    ``cpus_per_trial``); ``1`` without an ``address`` runs them in this process, no Ray.
+    Raises :class:`SweepError` on bad input, before any trial starts.
+    """
+    if cpus_per_trial < 1:
+        raise SweepError(f"--cpus-per-trial must be at least 1, got {cpus_per_trial}")
+    if gpus_per_trial < 0:
+        raise SweepError(f"--gpus-per-trial must be at least 0, got {gpus_per_trial}")
+    if workers is not None and workers < 1:
+        raise SweepError(f"--workers must be at least 1, got {workers}")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    local = workers == 1 and address is None
+    if not local:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise SweepError(
+                f"Ray is not installed: {INSTALL_HINT} (or run in this process with --workers 1)"
+            ) from None
+    root = Path(out)
+    items = trials(spec, cpus_per_trial, "cuda" if gpus_per_trial > 0 else "cpu")
+    check_folder(root, items)
+    check_trials(items)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / SPEC_NAME, json.dumps(spec.to_dict(), indent=2) + "\n")
+
+    def say(text: str) -> None:
+        if echo:
+            print(text, file=sys.stderr, flush=True)
+
+    if local:
+        results_iter: Iterator[TrialResult] = (run_trial(t, root) for t in items)
+        say(f"{len(items)} trials in {root}, one after the other in this process")
+    else:
+        cores = os.cpu_count() or 1
+        n = workers if workers is not None else max(1, cores // cpus_per_trial)
+        say(f"{len(items)} trials in {root} on Ray ({address or f'local, {n} at a time'})")
+        results_iter = _ray_results(
+            items, root, None if address else n, address, cpus_per_trial, gpus_per_trial
+        )
+    results = []
+    for i, r in enumerate(results_iter, 1):
+        results.append(r)
+        score = "" if r.score is None else f", score {r.score:.1f}"
+        detail = f": {r.message}" if r.status == "failed" else f" ({r.seconds:.1f} s{score})"
+        say(f"[{i}/{len(items)}] {r.status} {r.name}{detail}")
+    if report and any(r.status != "failed" for r in results):
+        from deep import report as report_module
+
+        results_md = report_module.report(root, reps=reps)
+        if echo:
+            print(report_module.to_markdown(results_md), end="")
+    return results
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def _parse_assignment(item: str, flag: str) -> tuple[str | None, str, Any]:
+    """``[algo:]key=value`` with value read as JSON (else kept as a string)."""
+    if "=" not in item:
+        raise SweepError(f"{flag} {item!r}: expected KEY=VALUE or ALGO:KEY=VALUE")
+    target, text = item.split("=", 1)
+    algo, _, key = target.rpartition(":")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    return algo or None, key, value
+
+
+@dataclass
+class SweepConfig:
+    """Run a grid of deep.train trials (datasets × algorithms × settings × seeds) on Ray."""
+
+    spec: Annotated[tyro.conf.Positional[str | None], tyro.conf.arg(metavar="SPEC")] = None
+    """Spec file (.toml, else JSON); the options below replace its lists."""
+
+    algos: tuple[str, ...] | None = None
+    """Algorithms, e.g. cql bc."""
+
+    datasets: tuple[str, ...] | None = None
+    """Datasets (any deep.train --dataset)."""
+
+    seeds: tuple[int, ...] | None = None
+    """Seeds."""
+
+    set: tuple[str, ...] = ()
+    """Train options of every trial, KEY=VALUE (VALUE as JSON, else a string), or
+    ALGO:KEY=VALUE for one algorithm's trials: steps=2000 cql:critic_hidden=[64,64]."""
+
+    grid: tuple[str, ...] = ()
+    """Grid axes, KEY=[V1,V2,...] or ALGO:KEY=[...]: cql:cql_weight=[1,5]."""
+
+    out: str | None = None
+    """Sweep folder (default: the spec's out, else runs/sweep)."""
+
+    workers: int | None = None
+    """Trials at a time on the local Ray instance (default: cores / --cpus-per-trial);
+    1 runs them in this process without Ray."""
+
+    address: str | None = None
+    """Ray cluster to join ("auto", or host:port); default: $RAY_ADDRESS, else local."""
+
+    cpus_per_trial: int = 1
+    """CPUs Ray reserves per trial, and its torch threads."""
+
+    gpus_per_trial: float = 0.0
+    """GPUs per trial, fractions allowed (0.25: four trials share a GPU); > 0 trains on cuda."""
+
+    report: bool = True
+    """Run deep.report on the sweep folder at the end."""
+
+    reps: int = 2000
+    """Bootstrap resamples of the report's intervals."""
+
+    dry_run: bool = False
+    """Check the spec and list the trials (and their state), run nothing."""
+
+
+def spec_from_config(config: SweepConfig) -> Spec:
+    """The spec file's data with the command line's lists and options applied."""
+    data: dict[str, Any] = load_spec_file(config.spec) if config.spec is not None else {}
+    if config.algos is not None:
+        data["algos"] = list(config.algos)
+    if config.datasets is not None:
+        data["datasets"] = list(config.datasets)
+    if config.seeds is not None:
+        data["seeds"] = list(config.seeds)
+    for flag, items in (("--set", config.set), ("--grid", config.grid)):
+        kind = "train" if flag == "--set" else "grid"
+        for item in items:
+            algo, key, value = _parse_assignment(item, flag)
+            if algo is None:
+                data.setdefault(kind, {})[key] = value
+            else:
+                data.setdefault(algo, {}).setdefault(kind, {})[key] = value
+    return spec_from_dict(data, config.spec or "command line")
+
+
+def _parse(argv: Sequence[str] | None) -> SweepConfig:
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            config: SweepConfig = tyro.cli(
+                SweepConfig,
+                args=argv,
+                prog="python -m deep.sweep",
+                description=(__doc__ or "").split("\n\n")[0],
+            )
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        raise SweepError(one_line(err.getvalue())) from None
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``python -m deep.sweep``). Exit codes: 0 every trial finished;
+    1 some trial failed; 2 bad input (one line on stderr)."""
+    try:
+        config = _parse(argv)
+        spec = spec_from_config(config)
+        out = config.out or spec.out or "runs/sweep"
+        if config.dry_run:
+            items = trials(spec, config.cpus_per_trial)
+            check_folder(Path(out), items)
+            check_trials(items)
+            for t in items:
+                print(f"{trial_state(Path(out) / t.name):6s} {t.name}")
+            return 0
+        results = run_sweep(
+            spec,
+            out,
+            workers=config.workers,
+            address=config.address,
+            cpus_per_trial=config.cpus_per_trial,
+            gpus_per_trial=config.gpus_per_trial,
+            report=config.report,
+            reps=config.reps,
+        )
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        print(f"failed: {r.name} (exit {r.code}): {r.message}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
