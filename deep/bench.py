@@ -74,6 +74,8 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from deep.algos import CQL, CQLConfig
+from deep.cli import main_guard
+from deep.config import resolve_device
 from deep.data import Batch
 
 __all__ = [
@@ -671,8 +673,12 @@ def run_case(
     return record
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """Command line: one JSON line per case on stdout."""
+    return main_guard(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deep.bench", description=__doc__.split("\n\n")[0]
     )
@@ -704,6 +710,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--steps, --repeats and --threads must be >= 1 and --warmup >= 0")
+    resolve_device(args.device)  # cuda without a GPU, or an unknown name: one line, no work
     torch.set_num_threads(args.threads)
     malloc_tuned = args.malloc == "tuned" and tune_glibc_malloc()
     if args.malloc == "tuned" and not malloc_tuned:
@@ -723,7 +730,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         record["malloc"] = "tuned" if malloc_tuned else "default"
         print(json.dumps(record), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -206,7 +206,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but torch.cuda.is_available() is False")
+        raise ValueError(
+            "--device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+            "use --device cpu, or install a CUDA build of torch on a machine with a GPU"
+        )
     if name not in ("cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)

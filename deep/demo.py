@@ -53,8 +53,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import tyro
 
 from deep import plots
+from deep.cli import main_guard
 from deep.config import RunConfig, TrainConfig, config_to_dict, make_config
 from deep.evaluate import evaluate_checkpoint
 from deep.train import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, run
@@ -300,8 +302,10 @@ def behaviour_score(dataset: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train the three agents, then write the plots, the table and the README."""
-    import tyro
+    return main_guard(_main, argv)
 
+
+def _main(argv: list[str]) -> int:
     demo = tyro.cli(DemoConfig, args=argv, description=(__doc__ or "").split("\n\n")[0])
     if demo.final_episodes < 1 or demo.workers < 1:
         raise SystemExit(

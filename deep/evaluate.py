@@ -15,7 +15,6 @@ numbers reproduce the run's last evaluation row exactly.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from typing import Annotated, Any, Literal
 import tyro
 
 from deep.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_path
+from deep.cli import main_guard
 from deep.config import (
     DatasetInfo,
     build_agent,
@@ -35,7 +35,8 @@ from deep.config import (
     reward_transform,
 )
 from deep.data import ObservationNormalizer
-from deep.evaluation import eval_seed, evaluate_agent
+from deep.evaluation import check_environment, eval_seed, evaluate_agent
+from deep.runlog import json_text
 
 
 @dataclass
@@ -77,6 +78,8 @@ def evaluate_checkpoint(
     """
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if seed is not None and not 0 <= seed < 2**31:
+        raise ValueError(f"--seed must be in [0, 2^31), got {seed}")
     path = resolve_checkpoint_path(checkpoint)
     dev = resolve_device(device)
     ckpt = load_checkpoint(path, map_location=dev)
@@ -93,6 +96,7 @@ def evaluate_checkpoint(
         raise ValueError(
             f"{path}: the run's dataset {info.name!r} names no environment; pass --env-id"
         )
+    env = check_environment(env, info.obs_dim, info.act_dim, info.discrete, info.name)
     agent = build_agent(config, info, dev)
     agent.load_state_dict(agent_state)
     normalizer = (
@@ -150,23 +154,19 @@ def format_result(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``python -m deep.evaluate``, ``cql-evaluate``)."""
-    args = tyro.cli(EvaluateConfig, args=argv, description=(__doc__ or "").split("\n\n")[0])
-    try:
+
+    def body(argv: list[str]) -> int:
+        args = tyro.cli(EvaluateConfig, args=argv, description=(__doc__ or "").split("\n\n")[0])
         result = evaluate_checkpoint(
             args.checkpoint, args.episodes, args.seed, args.env_id, args.device
         )
-    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        clean = {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in result.items()
-        }
-        print(json.dumps(clean, indent=2))
-    else:
-        print(format_result(result))
-    return 0
+        if args.json:
+            print(json_text(result), end="")
+        else:
+            print(format_result(result))
+        return 0
+
+    return main_guard(body, argv)
 
 
 if __name__ == "__main__":

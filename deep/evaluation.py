@@ -8,13 +8,55 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from deep import envs
 from deep.algos.base import Agent
 
-__all__ = ["critic_units_return", "eval_seed", "evaluate_agent"]
+__all__ = ["check_environment", "critic_units_return", "eval_seed", "evaluate_agent"]
+
+
+def check_environment(env: str, obs_dim: int, act_dim: int, discrete: bool, dataset: str) -> str:
+    """The gymnasium id ``env`` resolves to, once it is known that a policy trained on
+    ``dataset`` (observations of size ``obs_dim``; ``act_dim`` actions in [-1, 1], or
+    ``act_dim`` discrete ones) can act in it; else an error naming both sides and the fix.
+
+    Cheap (one ``gym.make``), so it runs before any training or evaluation.
+    """
+    try:
+        env_id = envs.resolve_env_id(env)
+        made = envs.make_env(env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise ImportError(
+            f"environment {env!r} needs a package that is not installed ({e}); for MuJoCo "
+            "tasks: pip install -e '.[mujoco]'"
+        ) from None
+    except gym.error.Error as e:
+        raise ValueError(f"environment {env!r} cannot be made: {e}") from None
+    try:
+        obs_space, act_space = made.observation_space, made.action_space
+    finally:
+        made.close()
+    fix = "pass --env-id with the environment the data came from"
+    if not isinstance(obs_space, gym.spaces.Box) or obs_space.shape != (obs_dim,):
+        raise ValueError(
+            f"dataset {dataset!r} has observations of size {obs_dim}, environment {env_id} "
+            f"observes {obs_space}; {fix}"
+        )
+    if discrete:
+        if not isinstance(act_space, gym.spaces.Discrete) or int(act_space.n) != act_dim:
+            raise ValueError(
+                f"dataset {dataset!r} has {act_dim} discrete actions, environment {env_id} "
+                f"acts in {act_space}; {fix}"
+            )
+    elif not isinstance(act_space, gym.spaces.Box) or act_space.shape != (act_dim,):
+        raise ValueError(
+            f"dataset {dataset!r} has {act_dim}-dimensional actions, environment {env_id} "
+            f"acts in {act_space}; {fix}"
+        )
+    return env_id
 
 
 def eval_seed(seed: int, step: int) -> int:

@@ -11,15 +11,42 @@ as ``open(path, "w")`` would create the target, not ``tempfile.mkstemp``'s owner
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "is_leftover",
+    "remove_leftovers",
+]
 
 # O_BINARY exists (and matters) on Windows only.
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+
+
+_LEFTOVER = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+
+
+def is_leftover(path: Path) -> bool:
+    """True for a temporary file of :func:`atomic_write` (``.<name>.<12 hex>.tmp``), which a
+    write killed before its rename leaves behind."""
+    return path.is_file() and _LEFTOVER.match(path.name) is not None
+
+
+def remove_leftovers(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the leftovers of killed writes directly inside ``folder``; returns them."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = [p for p in root.iterdir() if is_leftover(p)]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def _create_sibling(path: Path) -> tuple[int, Path]:

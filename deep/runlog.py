@@ -31,6 +31,7 @@ __all__ = [
     "NonFiniteError",
     "RunLog",
     "first_nonfinite_tensor",
+    "json_text",
     "last_value",
     "rng_state",
     "seed_everything",
@@ -246,8 +247,8 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as indented JSON, atomically; NaN and inf become ``null``."""
+def json_text(data: Mapping[str, Any]) -> str:
+    """``data`` as indented, valid JSON: NaN and inf become ``null``."""
 
     def clean(x: Any) -> Any:
         if isinstance(x, float) and not math.isfinite(x):
@@ -258,4 +259,9 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
             return [clean(v) for v in x]
         return x
 
-    atomic_write_text(path, json.dumps(clean(data), indent=2, allow_nan=False) + "\n")
+    return json.dumps(clean(data), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write :func:`json_text` of ``data`` atomically."""
+    atomic_write_text(path, json_text(data))

@@ -33,10 +33,12 @@ half-averaged interval is lost) and only when every tensor of the state is finit
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +50,13 @@ from tqdm import tqdm
 
 from deep import plots
 from deep.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from deep.cli import main_guard
 from deep.config import (
     DatasetInfo,
     TrainConfig,
     agent_to_dict,
     build_agent,
+    check_dataset,
     checkpoint_interval,
     cli_type,
     config_from_dict,
@@ -70,13 +74,15 @@ from deep.data import (
     load_dataset,
     normalize_dataset,
 )
-from deep.evaluation import eval_seed, evaluate_agent
+from deep.evaluation import check_environment, eval_seed, evaluate_agent
+from deep.files import is_leftover, remove_leftovers
 from deep.runlog import (
     METRICS_NAME,
     MetricBuffer,
     NonFiniteError,
     RunLog,
     first_nonfinite_tensor,
+    json_text,
     last_value,
     rng_state,
     seed_everything,
@@ -98,6 +104,69 @@ __all__ = [
 
 CONFIG_NAME = "config.json"
 SUMMARY_NAME = "summary.json"
+
+
+class NoEvaluationWarning(UserWarning):
+    """The dataset names no environment: the run trains without evaluation."""
+
+
+class DatasetChangedError(ValueError):
+    """A resumed run's dataset is not the one it started with."""
+
+
+_DIGEST_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
+
+
+def dataset_digest(dataset: OfflineDataset) -> str:
+    """SHA-256 over the transition arrays (dtype, shape and bytes, timeouts included when
+    known): the identity a resumed run checks its data against."""
+    h = hashlib.sha256()
+    arrays = [getattr(dataset, k) for k in _DIGEST_KEYS]
+    if dataset.timeouts is not None:
+        arrays.append(dataset.timeouts)
+    for a in arrays:
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B") if a.flags.c_contiguous else a.tobytes())
+    return h.hexdigest()
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run may use ``run_dir`` only when it is new, empty (leftovers of killed writes
+    aside) and writable; a run of ours there is to be resumed, anything else is refused, so
+    nothing the project did not write is ever overwritten."""
+    if str(run_dir) in ("", "."):
+        raise ValueError("--out names no folder: give the run a folder of its own")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} is a file, not a folder; choose another --out")
+    if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / CONFIG_NAME).exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run; continue it with "
+            f"`python -m deep.train resume {run_dir}` or choose another --out"
+        )
+    if run_dir.is_dir():
+        foreign = sorted(p.name for p in run_dir.iterdir() if not is_leftover(p))
+        if foreign:
+            listed = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+            raise FileExistsError(
+                f"--out {run_dir} holds files that are not a run of this project ({listed}); "
+                "nothing was written there: choose a new or empty folder"
+            )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-probe-{id(run_dir):x}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(
+            f"cannot write to --out {run_dir} ({e.strerror or e}); choose a writable folder"
+        ) from None
+
+
+def _absolute_spec(spec: str) -> str:
+    """A dataset file's absolute path (so a resume elsewhere reads the same file); other
+    specs (built-in names, ``minari:<id>``) as given."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.is_file() else spec
 
 
 def dataset_info(dataset: OfflineDataset, env_id: str | None) -> DatasetInfo:
@@ -142,14 +211,16 @@ def run(config: TrainConfig[Any] | str | Path) -> dict[str, Any]:
     if isinstance(config, str | Path):
         run_dir = Path(config)
         config, ckpt = load_run_config(run_dir)
+        remove_leftovers(run_dir)
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(run_dir)))
     else:
+        validate_config(config)
         run_dir = Path(config.run.out) if config.run.out is not None else default_out_dir(config)
-        if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / CONFIG_NAME).exists():
-            raise FileExistsError(
-                f"{run_dir} already holds a run; continue it with "
-                f"`python -m deep.train resume {run_dir}` or choose another --out"
-            )
-    config = dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(run_dir)))
+        check_new_run_dir(run_dir)
+        settings = dataclasses.replace(
+            config.run, out=str(run_dir), dataset=_absolute_spec(config.run.dataset)
+        )
+        config = dataclasses.replace(config, run=settings)
     validate_config(config)
     device = resolve_device(config.run.device)
     threads_before = torch.get_num_threads()
@@ -175,10 +246,32 @@ class _Run:
         settings = config.run
         self.config, self.run_dir, self.device = config, run_dir, device
         dataset = load_dataset(settings.dataset, env_id=settings.env_id)
+        self.digest = dataset_digest(dataset)
+        self._check_identity(ckpt)
         self.info = dataset_info(dataset, settings.env_id)
+        # Everything checkable before training is checked here, in seconds.
+        check_dataset(config, self.info)
+        if self.info.env_id is None:
+            warnings.warn(
+                f"dataset {self.info.name!r} names no environment: training without "
+                "evaluation (pass --env-id to evaluate)",
+                NoEvaluationWarning,
+                stacklevel=2,
+            )
+        else:
+            check_environment(
+                self.info.env_id,
+                self.info.obs_dim,
+                self.info.act_dim,
+                self.info.discrete,
+                self.info.name,
+            )
         self.normalizer: ObservationNormalizer | None = None
         if settings.normalize_obs:
-            dataset, self.normalizer = normalize_dataset(dataset)
+            saved = ckpt.get("normalizer") if ckpt is not None else None
+            # A resumed run keeps the statistics it trained with.
+            restored = ObservationNormalizer.from_state_dict(saved) if saved else None
+            dataset, self.normalizer = normalize_dataset(dataset, restored)
 
         seed_everything(settings.seed)
         self.agent = build_agent(config, self.info, device)
@@ -199,6 +292,7 @@ class _Run:
                     "train": run_to_dict(config),
                     "agent": agent_to_dict(config),
                     "dataset": self.info.to_dict(),
+                    "dataset_digest": self.digest,
                     "device": str(device),
                 },
             )
@@ -213,6 +307,23 @@ class _Run:
             run_dir, rows, settings.tensorboard, purge_step=self.start_step + 1 if ckpt else 0
         )
         self.ckpt_step: int | None = self.start_step if ckpt is not None else None
+
+    def _check_identity(self, ckpt: dict[str, Any] | None) -> None:
+        """Refuse to resume on other data than the run started with (its digest is in the
+        checkpoint, or in config.json for a run killed before its first checkpoint)."""
+        if ckpt is not None:
+            expected = ckpt.get("dataset_digest")
+        else:
+            saved = self.run_dir / CONFIG_NAME
+            expected = (
+                json.loads(saved.read_text()).get("dataset_digest") if saved.exists() else None
+            )
+        if expected is not None and expected != self.digest:
+            raise DatasetChangedError(
+                f"{self.config.run.dataset} is not the data run {self.run_dir} started with "
+                f"(SHA-256 {self.digest[:12]}..., the run recorded {expected[:12]}...): "
+                "restore that file, or start a new run"
+            )
 
     @property
     def checkpoint_path(self) -> Path:
@@ -235,6 +346,7 @@ class _Run:
                 "config": run_to_dict(self.config),
                 "agent_config": agent_to_dict(self.config),
                 "dataset": self.info.to_dict(),
+                "dataset_digest": self.digest,
                 "agent": state,
                 "normalizer": self.normalizer.state_dict() if self.normalizer else None,
                 "sampler_generator": self.generator.get_state(),
@@ -399,22 +511,31 @@ def parse_args(argv: Sequence[str]) -> TrainConfig[Any] | Resume:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``python -m deep.train``, ``cql-train``)."""
-    parsed = parse_args(sys.argv[1:] if argv is None else argv)
-    target: TrainConfig[Any] | str = parsed.run_dir if isinstance(parsed, Resume) else parsed
-    try:
-        summary = run(target)
-    except KeyboardInterrupt:
-        where = target if isinstance(target, str) else target.run.out or default_out_dir(target)
-        print(f"interrupted; continue with `python -m deep.train resume {where}`", file=sys.stderr)
-        return 130
-    except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in summary.items() if k != "final_train_metrics"}, indent=2))
-    return 0
+    target: list[TrainConfig[Any] | str] = []
+
+    def body(args: list[str]) -> int:
+        parsed = parse_args(args)
+        target.append(parsed.run_dir if isinstance(parsed, Resume) else parsed)
+        try:
+            summary = run(target[0])
+        except NonFiniteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(json_text({k: v for k, v in summary.items() if k != "final_train_metrics"}), end="")
+        return 0
+
+    return main_guard(body, argv, on_interrupt=lambda: _interrupted(target))
+
+
+def _interrupted(target: list[TrainConfig[Any] | str]) -> str:
+    """What to do after a Ctrl-C: resume if the run left something to resume from."""
+    if not target:
+        return "interrupted"
+    first = target[0]
+    where = Path(first) if isinstance(first, str) else Path(first.run.out or default_out_dir(first))
+    if (where / CHECKPOINT_NAME).exists() or (where / CONFIG_NAME).exists():
+        return f"interrupted; continue with `python -m deep.train resume {where}`"
+    return "interrupted before the run started; nothing was saved: run the same command again"
 
 
 if __name__ == "__main__":

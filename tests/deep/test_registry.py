@@ -113,5 +113,5 @@ def test_discrete_data_is_refused_with_the_registrys_alternatives(
     cartpole = save_npz(generate_builtin("cartpole-medium", n_transitions=300), tmp_path / "c.npz")
     config = train.parse_args(["toy", "--dataset", str(cartpole), "--out", str(tmp_path / "r")])
     assert not isinstance(config, train.Resume)
-    with pytest.raises(ValueError, match="'toy' is for continuous actions.*discrete-cql"):
+    with pytest.raises(ValueError, match=r"'toy' is for continuous actions.*discrete-cql"):
         train.run(config)
