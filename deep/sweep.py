@@ -297,13 +297,13 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "spec") -> Spec:
     for key, value in data.items():
         if key in _SPEC_KEYS:
             continue
-        if key not in algos:
+        if not isinstance(value, Mapping) or not value or set(value) - {"train", "grid"}:
             raise SweepError(
                 f"{source}: unknown key {key!r} (expected {', '.join(sorted(_SPEC_KEYS))}, "
-                f"or a table for one of the algos {algos})"
+                "or an algo's table holding train and/or grid)"
             )
-        if not isinstance(value, Mapping) or set(value) - {"train", "grid"}:
-            raise SweepError(f"{source}: [{key}] may hold only [{key}.train] and [{key}.grid]")
+        if key not in algos:
+            continue  # options of an algo this sweep leaves out (e.g. --algos bc on the CLI)
         per_algo[key] = {
             "train": _options(value.get("train", {}), f"{key}.train", grid=False),
             "grid": _options(value.get("grid", {}), f"{key}.grid", grid=True),
@@ -385,22 +385,23 @@ def trials(spec: Spec, threads: int = 1, device: str = "cpu") -> list[Trial]:
 
 
 def one_line(text: str) -> str:
-    """The first meaningful line(s) of a (tyro-boxed) error message, joined into one line."""
+    """The message of a (tyro-formatted) error as one line: its title and first lines, without
+    the box, the separators and the help that follows."""
     lines: list[str] = []
     for raw in text.splitlines():
-        line = raw.strip(" │╭╮╰╯─-\t").strip()
-        if not line:
-            if lines:
-                break
-            continue
-        if line.lower().startswith(("usage:", "for full helptext", "argument helptext")):
+        line = raw.strip().strip("│╭╮╰╯─ ")
+        if not line or set(line) <= set("─-━═ "):
+            continue  # blank or a separator (a box rule, or its plain-text dashes)
+        lowered = line.lower()
+        if lowered.startswith(("for full helptext", "argument helptext")):
+            break
+        if lowered.startswith("usage:"):
             continue
         lines.append(line)
+    lines = lines[:3]
     # A box title is repeated by its first line ("Value error" / "Value error: ..."): keep one.
-    kept = [
-        a for i, a in enumerate(lines[:3]) if not any(b.startswith(a) for b in lines[i + 1 : 3])
-    ]
-    return ": ".join(kept) or "(no message)"
+    kept = [a for i, a in enumerate(lines) if not any(b.startswith(a) for b in lines[i + 1 :])]
+    return ": ".join(kept[:2]) or "(no message)"
 
 
 def _call_train(argv: Sequence[str]) -> tuple[int, str, str]:
