@@ -32,7 +32,7 @@ named from algo, dataset, grid settings and seed (``cql-pendulum-medium-cql_weig
 so ``deep.evaluate``, ``deep.train resume`` and the plots work on it unchanged (it holds
 nothing else: deep.train refuses folders with foreign files). The sweep folder also holds
 ``sweep.json`` (the last spec), ``sweep.jsonl`` (one line per trial event: start, resume,
-skip, done, failed), ``.sweep/<trial>.json`` (the trial's definition, which deep.report reads
+skip, done, failed, interrupted), ``.sweep/<trial>.json`` (the trial's definition, which deep.report reads
 for its labels), ``.sweep/<trial>.log`` (its output), and at the end the :mod:`deep.report`
 of all its trials.
 
@@ -601,6 +601,9 @@ def _run_trial_locked(trial: Trial, root: Path) -> TrialResult:
         code, out, err = _call_train(argv)
         log.write(out + err)
     seconds = time.perf_counter() - start
+    if code == 130:  # deep.train's exit code after Ctrl-C: stop the sweep, not just this trial
+        _event(root, trial.name, "interrupted")
+        raise KeyboardInterrupt
     if code != 0:
         message = one_line(err or out)
         _event(root, trial.name, "failed", code=code, message=message)
@@ -630,9 +633,13 @@ def _exit_with_parent(poll_seconds: float = 0.5) -> None:
 
 
 def _run_trial_on_ray(trial: Trial, root: str) -> TrialResult:
-    """The Ray task: :func:`run_trial` in a worker that dies with its raylet."""
+    """The Ray task: :func:`run_trial` in a worker that dies with its raylet; an error outside
+    training (deep.train reports its own) comes back as a failed result, not a traceback."""
     _exit_with_parent()
-    return run_trial(trial, root)
+    try:
+        return run_trial(trial, root)
+    except Exception as e:
+        return TrialResult(trial.name, "failed", 1, f"{type(e).__name__}: {e}")
 
 
 def _ray_results(
@@ -655,13 +662,26 @@ def _ray_results(
             log_to_driver=False,
         )
     try:
+        if address is None:
+            # A trial asking for more than this machine has would wait forever.
+            have = ray.cluster_resources()
+            for name, need in (("CPU", cpus), ("GPU", gpus)):
+                if need > have.get(name, 0.0):
+                    raise SweepError(
+                        f"a trial needs {need:g} {name}s, this machine has {have.get(name, 0.0):g}"
+                    )
         # Ray retries a task whose worker died; the retry resumes from the trial's checkpoint.
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=2)(_run_trial_on_ray)
-        pending = [task.remote(t, str(root.resolve())) for t in items]
+        names = {task.remote(t, str(root.resolve())): t.name for t in items}
+        pending = list(names)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
-                yield ray.get(ref)
+                try:
+                    yield ray.get(ref)
+                except ray.exceptions.RayError as e:  # the worker died more often than retried
+                    message = one_line(str(e)) if str(e) else type(e).__name__
+                    yield TrialResult(names[ref], "failed", 1, message)
     finally:
         ray.shutdown()
 
@@ -863,6 +883,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue the sweep", file=sys.stderr)
+        return 130
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         print(f"failed: {r.name} (exit {r.code}): {r.message}", file=sys.stderr)
