@@ -537,7 +537,7 @@ def _plot_training(
     datasets = sorted({d for d, _ in curves})
     if not datasets:
         return None
-    fig = Figure(figsize=(5 * len(datasets), 4), layout="constrained")
+    fig = Figure(figsize=(max(7.0, 5.0 * len(datasets)), 4.5), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(datasets), squeeze=False)[0])
     for ax, d in zip(axes, datasets, strict=True):
         for i, label in enumerate(labels):
@@ -548,7 +548,7 @@ def _plot_training(
             ax.fill_between(c["step"], c["low"], c["high"], color=f"C{i}", alpha=0.2)
         ax.set(title=d, xlabel="gradient step", ylabel="normalised score (mean over seeds)")
         ax.legend(fontsize="small")
-    fig.suptitle("evaluation score over training (bands: bootstrap CI over seeds)")
+    fig.suptitle("evaluation score over training: mean over seeds, bootstrap CI band")
     fig.savefig(out, dpi=100)
     return out
 

@@ -32,9 +32,9 @@ named from algo, dataset, grid settings and seed (``cql-pendulum-medium-cql_weig
 so ``deep.evaluate``, ``deep.train resume`` and the plots work on it unchanged (it holds
 nothing else: deep.train refuses folders with foreign files). The sweep folder also holds
 ``sweep.json`` (the last spec), ``sweep.jsonl`` (one line per trial event: start, resume,
-skip, done, failed, interrupted), ``.sweep/<trial>.json`` (the trial's definition, which deep.report reads
-for its labels), ``.sweep/<trial>.log`` (its output), and at the end the :mod:`deep.report`
-of all its trials.
+skip, done, failed, interrupted), ``.sweep/<trial>.json`` (the trial's definition, which
+deep.report reads for its labels), ``.sweep/<trial>.log`` (its output), and at the end the
+:mod:`deep.report` of all its trials.
 
 Running the same command again continues a sweep: a trial whose folder has ``summary.json``
 is finished and skipped, one with ``checkpoint.pt`` but no summary is resumed (``deep.train``
