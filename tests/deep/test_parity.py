@@ -33,7 +33,7 @@ def pendulum(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_untranslatable_settings_are_named() -> None:
     agent = CQLConfig(cql_temperature=2.0, bc_steps=5, cql_estimator="rho")
-    with pytest.raises(ValueError, match="cql_temperature=2.0.*cql_estimator='rho'.*bc_steps=5"):
+    with pytest.raises(ValueError, match=r"cql_temperature=2\.0.*cql_estimator='rho'.*bc_steps=5"):
         parity.d3rlpy_config(agent, 256, act_dim=1)
 
 
