@@ -141,7 +141,7 @@ def make_config(algo: str, run: RunConfig | None = None, **agent_fields: Any) ->
     unknown = sorted(set(agent_fields) - names)
     if unknown:
         raise ValueError(
-            f"{type(base).__name__} (--algo {algo}) has no field(s) {unknown}; "
+            f"{type(base).__name__} (algorithm {algo}) has no field(s) {unknown}; "
             f"its fields are {sorted(names)}"
         )
     agent = dataclasses.replace(base, **agent_fields)

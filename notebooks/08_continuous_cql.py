@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 from deep.checkpoint import load_checkpoint
+from deep.config import DatasetInfo, RunConfig, build_agent, config_from_dict, make_config
 from deep.data import ObservationNormalizer, episode_returns, load_dataset
 from deep.envs import normalized_score
 from deep.losses import cql_regularizer, uniform_log_density
 from deep.nets import tanh_gaussian_sample
-from deep.train import DatasetInfo, TrainConfig, build_agent, config_from_dict, run
+from deep.train import run
 
 # run() imports tqdm.auto for its (disabled) progress bar; without ipywidgets that warns.
 warnings.filterwarnings("ignore", message="IProgress not found")
@@ -73,26 +74,40 @@ print(
 # Run folders go to a temporary directory, removed when the kernel exits.
 scratch = tempfile.TemporaryDirectory(prefix="cql-notebook-08-")
 workdir = Path(scratch.name)
-base = TrainConfig(
-    dataset="pendulum-medium",
-    steps=STEPS,
-    seed=0,
-    eval_every=EVAL_EVERY,
-    eval_episodes=10,
-    log_every=100,
-    hidden_dims=(64, 64),
-    gamma=0.95,
-    device="cpu",
-    threads=1,
-    tensorboard=False,
-    progress=False,
-    plots=False,
-)
-critic_options = {"target_tau": 0.05, "critic_lr": 1e-3, "actor_lr": 3e-4}
+
+def settings(algo: str, **options) -> RunConfig:
+    """The run settings shared by every agent here; each run in its own folder."""
+    return RunConfig(
+        dataset="pendulum-medium",
+        steps=STEPS,
+        seed=0,
+        out=str(workdir / algo),
+        eval_every=EVAL_EVERY,
+        eval_episodes=10,
+        log_every=100,
+        device="cpu",
+        threads=1,
+        tensorboard=False,
+        progress=False,
+        plots=False,
+        **options,
+    )
+
+
+# The agents' own settings: the run settings above are shared, these are each algorithm's.
+critic_options = {
+    "actor_hidden": (64, 64),
+    "critic_hidden": (64, 64),
+    "gamma": 0.95,
+    "target_tau": 0.05,
+    "critic_lr": 1e-3,
+    "actor_lr": 3e-4,
+}
 configs = {
-    "offline SAC": dataclasses.replace(base, algo="sac", **critic_options),
-    "CQL": dataclasses.replace(base, algo="cql", cql_n_actions=5, **critic_options),
-    "BC": dataclasses.replace(base, algo="bc"),
+    "offline SAC": make_config("sac", settings("sac"), **critic_options),
+    "CQL": make_config("cql", settings("cql"), cql_n_actions=5, **critic_options),
+    # BC has no critic and no γ: 0.95 only discounts its evaluation returns.
+    "BC": make_config("bc", settings("bc", eval_gamma=0.95), hidden=(64, 64)),
 }
 
 
@@ -105,7 +120,7 @@ def series(rows: list[dict[str, float]], key: str) -> tuple[np.ndarray, np.ndarr
 summaries, rows = {}, {}
 for name, config in configs.items():
     out = workdir / config.algo
-    summaries[name] = run(dataclasses.replace(config, out=str(out)))
+    summaries[name] = run(config)
     # The final checkpoint keeps every logged row (the same numbers as the run's metrics.csv).
     rows[name] = load_checkpoint(out / "checkpoint.pt")["rows"]
     s = summaries[name]
@@ -192,10 +207,10 @@ assert score["CQL"] > score["offline SAC"] + 30 and score["BC"] > score["offline
 def load_agent(run_dir: Path):
     """The trained agent of a run, its agent config and its observation normaliser."""
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-    config, info = config_from_dict(ckpt["config"]), DatasetInfo(**ckpt["dataset"])
-    agent, agent_config = build_agent(config, info, torch.device("cpu"))
+    config = config_from_dict(ckpt["config"], ckpt["agent_config"])
+    agent = build_agent(config, DatasetInfo(**ckpt["dataset"]), torch.device("cpu"))
     agent.load_state_dict(ckpt["agent"])
-    return agent, agent_config, ObservationNormalizer.from_state_dict(ckpt["normalizer"])
+    return agent, config.agent, ObservationNormalizer.from_state_dict(ckpt["normalizer"])
 
 
 states = raw.observations[::10]  # 10,000 dataset states
@@ -358,13 +373,15 @@ assert abs(blog[-1].mean()) > 10 * abs(ours[-1].mean())
 
 # %%
 TAU = 0.4
-lagrange_config = dataclasses.replace(
-    configs["CQL"],
-    algo="cql-lagrange",
-    steps=LAGRANGE_STEPS,
-    lagrange_threshold=TAU,
-    agent_set=("lagrange_lr=3e-3",),
-    out=str(workdir / "cql-lagrange"),
+lagrange_config = make_config(
+    "cql-lagrange",
+    dataclasses.replace(settings("cql-lagrange"), steps=LAGRANGE_STEPS),
+    **{
+        **dataclasses.asdict(configs["CQL"].agent),
+        "lagrange": True,
+        "lagrange_threshold": TAU,
+        "lagrange_lr": 3e-3,
+    },
 )
 lagrange_summary = run(lagrange_config)
 lagrange_rows = load_checkpoint(workdir / "cql-lagrange" / "checkpoint.pt")["rows"]

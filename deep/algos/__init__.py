@@ -55,7 +55,7 @@ C = TypeVar("C")
 
 @dataclass(frozen=True)
 class Algorithm(Generic[C]):
-    """A registry entry: what ``--algo NAME`` builds."""
+    """A registry entry: what ``python -m deep.train NAME`` builds."""
 
     name: str
     config_type: type[C]

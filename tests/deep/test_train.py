@@ -158,8 +158,8 @@ def test_console_entry_writes_tensorboard_and_plots(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"algo": "sac", "cql_weight": 3.0}, "(--algo sac) has no field(s) ['cql_weight']"),
-        ({"algo": "bc", "critic_lr": 1e-3}, "(--algo bc) has no field(s) ['critic_lr']"),
+        ({"algo": "sac", "cql_weight": 3.0}, "(algorithm sac) has no field(s) ['cql_weight']"),
+        ({"algo": "bc", "critic_lr": 1e-3}, "(algorithm bc) has no field(s) ['critic_lr']"),
         ({"algo": "sac", "eval_gamma": 0.5}, "--eval-gamma is for agents without a discount"),
         ({"checkpoint_every": 3}, "multiple of --log-every"),
         ({"steps": 0}, "--steps must be >= 1"),
@@ -546,3 +546,27 @@ def test_demo_writes_table_plots_readme_and_reuses_finished_runs(
     assert demo.main(args) == 0
     assert (out / "cql" / "metrics.csv").read_text() == before
     assert (out / "cql" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_a_run_of_the_flat_layout_before_the_config_tree_resumes(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    # Earlier versions saved one flat option set (per-agent overrides, the --agent-set hatch)
+    # beside the agent's full config. Such a run, stopped at step 4 of 8, continues.
+    out = tmp_path / "run"
+    train.run(tiny_config(datasets["pendulum"], out, algo="sac", steps=4, eval_every=4))
+    ckpt = {
+        k: v for k, v in ckpt_mod.load_checkpoint(out).items() if k not in ("format", "version")
+    }
+    flat = {**ckpt["config"], "steps": 8, "resume": None, "gamma": None, "critic_lr": None}
+    flat.update(hidden_dims=[16, 16], cql_weight=None, agent_set=[])
+    del flat["eval_gamma"], ckpt["dataset_digest"]
+    ckpt_mod.save_checkpoint(out / "checkpoint.pt", {**ckpt, "config": flat})
+    (out / "summary.json").unlink()
+    summary = train.run(out)
+    assert summary["steps"] == 8 and summary["algo"] == "sac"
+    assert [int(r["step"]) for r in read_rows(out / "metrics.csv")] == [2, 4, 6, 8]
+    # An entry this version does not know is refused, naming it.
+    ckpt_mod.save_checkpoint(out / "checkpoint.pt", {**ckpt, "config": {**flat, "warp": 9}})
+    with pytest.raises(ValueError, match=r"unknown run setting\(s\) \['warp'\]"):
+        train.run(out)
