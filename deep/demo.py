@@ -58,6 +58,8 @@ import tyro
 from deep import plots
 from deep.cli import main_guard
 from deep.config import RunConfig, TrainConfig, config_to_dict, make_config
+from deep.data import episode_returns, load_dataset
+from deep.envs import normalized_score
 from deep.evaluate import evaluate_checkpoint
 from deep.train import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, run
 
@@ -290,9 +292,6 @@ def observations(final: dict[str, dict[str, Any]], behaviour: str) -> str:
 
 def behaviour_score(dataset: str) -> str:
     """Mean normalised score of the dataset's own episodes, or "n/a"."""
-    from deep.data import episode_returns, load_dataset
-    from deep.envs import normalized_score
-
     try:
         ds = load_dataset(dataset)
         return f"{float(normalized_score(ds.name, episode_returns(ds)).mean()):.1f}"

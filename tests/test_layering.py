@@ -245,3 +245,25 @@ def test_dataset_container_is_a_leaf() -> None:
     tree = ast.parse(path.read_text(), filename=str(path))
     assert imported_roots(path) & {"deep", "theory"} == set(), "deep/data/dataset.py imports deep/"
     assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.get(node, ()))
+    return seen
+
+
+def test_data_flows_one_way_evaluation_never_loads_the_training_loop() -> None:
+    """command line -> config -> registry -> agent -> losses: re-evaluation, evaluation and
+    the agents never reach the training loop; the losses and networks reach no other project
+    module; the registry never reaches the config or the loop."""
+    graph = {k: v for k, v in import_graph().items()}
+    for module in ("deep.evaluate", "deep.evaluation", "deep.algos", "deep.config"):
+        assert "deep.train" not in _reachable(graph, module), module
+    for leaf in ("deep.losses", "deep.nets"):
+        assert _reachable(graph, leaf) == {leaf}, leaf
+    assert not {"deep.config", "deep.train"} & _reachable(graph, "deep.algos")
