@@ -66,6 +66,9 @@ GYM_IDS: dict[str, str] = {
     "walker2d": "Walker2d-v5",
 }
 ENVS: tuple[str, ...] = tuple(GYM_IDS)
+#: Observation and action dimensions of the v5 envs.
+OBS_DIMS: dict[str, int] = {"hopper": 11, "halfcheetah": 17, "walker2d": 17}
+ACT_DIMS: dict[str, int] = {"hopper": 3, "halfcheetah": 6, "walker2d": 6}
 LEVELS: tuple[str, ...] = ("random", "medium", "expert", "medium-replay", "medium-expert")
 #: D4RL's reference returns (d4rl/infos.py): (random, expert).
 REFERENCE_RETURNS: dict[str, tuple[float, float]] = {
@@ -260,10 +263,9 @@ def replay_episodes(env: str, n_transitions: int | None = None) -> list[Episode]
     try:
         for state, batch in ars(gym_env, config, int(record["seed"])):
             for ep in batch:
-                episodes.append(ep)
-                total += ep.length
-                if n_transitions is not None and total >= n_transitions:
-                    return episodes
+                if n_transitions is None or total < n_transitions:
+                    episodes.append(ep)
+                    total += ep.length
             if state.iteration == last:
                 shipped = load_policy(env, "medium")
                 if not np.allclose(state.W, shipped.W, rtol=1e-5, atol=1e-8):
@@ -271,6 +273,8 @@ def replay_episodes(env: str, n_transitions: int | None = None) -> list[Episode]
                         f"re-running ARS for {env} did not reproduce the shipped medium weights "
                         f"(max |ΔW| {np.abs(state.W - shipped.W).max():.3g}): another simulator?"
                     )
+                break
+            if n_transitions is not None and total >= n_transitions:
                 break
     finally:
         gym_env.close()
@@ -293,7 +297,7 @@ def collect_episodes(env: str, level: str, n_transitions: int, seed: int) -> lis
         )
     ss = np.random.SeedSequence([seed, _LEVEL_INDEX[level]])
     if level == "random":
-        act_dim = gym.make(env_id).action_space.shape[0]  # type: ignore[index]
+        act_dim = ACT_DIMS[env]
         return run_episodes(env_id, lambda rng: uniform(act_dim, rng), ss, n_transitions=n)
     policy = load_policy(env, "medium" if level == "medium" else "expert")
     return run_episodes(env_id, lambda rng: noisy(policy, ACTION_NOISE, rng), ss, n_transitions=n)
