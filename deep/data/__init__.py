@@ -83,6 +83,12 @@ from deep.data.formats import (
     read_npz,
     save_npz,
 )
+from deep.data.locomotion import (
+    generate_locomotion,
+    is_locomotion_name,
+    load_locomotion,
+    locomotion_names,
+)
 
 __all__ = [
     "D4RL_ENV_IDS",
@@ -114,9 +120,12 @@ __all__ = [
     "episode_returns",
     "export_d4rl",
     "generate_builtin",
+    "generate_locomotion",
     "infer_env_id",
     "load_builtin",
     "load_dataset",
+    "load_locomotion",
+    "locomotion_names",
     "main",
     "measure_reference_scores",
     "normalize_dataset",
@@ -209,12 +218,15 @@ def load_dataset(
         )
 
     known = builtin.builtin_names()
-    if text not in known:
+    if is_locomotion_name(text):
+        dataset = load_locomotion(text)
+    elif text in known:
+        dataset = builtin.load_builtin(text)
+    else:
         raise KeyError(
-            f"unknown dataset {text!r}. Built-in datasets: {known}. Accepted specs: "
-            + "; ".join(SPEC_FORMS)
+            f"unknown dataset {text!r}. Built-in datasets: {known + locomotion_names()}. "
+            "Accepted specs: " + "; ".join(SPEC_FORMS)
         )
-    dataset = builtin.load_builtin(text)
     if name is not None:
         dataset = replace(dataset, name=name)
     if env_id is not None:
