@@ -440,7 +440,14 @@ def train_ours(p: ParityConfig, seed: int, root: Path) -> dict[str, Any]:
     else:
         summary = run(config)
     first = eval_seed(seed, p.steps)
-    final = evaluate_checkpoint(folder, episodes=p.final_episodes, seed=first, device="cpu")
+    threads = torch.get_num_threads()
+    # One thread, as the run itself: on a busy machine torch's thread pool, waiting on its
+    # peers, makes the small batches of an evaluation many times slower.
+    torch.set_num_threads(1)
+    try:
+        final = evaluate_checkpoint(folder, episodes=p.final_episodes, seed=first, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
     result = {
         "implementation": "ours",
         "seed": seed,
