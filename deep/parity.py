@@ -429,9 +429,17 @@ def train_ours(p: ParityConfig, seed: int, root: Path) -> dict[str, Any]:
     start = time.perf_counter()
     if (folder / CONFIG_NAME).exists():
         saved = json.loads((folder / CONFIG_NAME).read_text())
-        if {k: saved.get(k) for k in ("train", "agent")} != config_to_dict(config):
+        wanted = config_to_dict(config)
+        changed = sorted(
+            f"{part}.{key}"
+            for part in wanted
+            for key in set(wanted[part]) | set(saved.get(part, {}))
+            if wanted[part].get(key) != saved.get(part, {}).get(key)
+        )
+        if changed:
             raise ValueError(
-                f"{folder} holds a run with other settings; choose another --out, or delete "
+                f"{folder} holds a run with other settings ({', '.join(changed)}); "
+                "choose another --out, or delete "
                 "that folder to redo the seed"
             )
         summary = run(str(folder)) if (folder / CHECKPOINT_NAME).exists() else None
