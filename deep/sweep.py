@@ -642,14 +642,11 @@ def _run_trial_on_ray(trial: Trial, root: str) -> TrialResult:
         return TrialResult(trial.name, "failed", 1, f"{type(e).__name__}: {e}")
 
 
-def _ray_results(
-    items: Sequence[Trial],
-    root: Path,
-    workers: int | None,
-    address: str | None,
-    cpus: int,
-    gpus: float,
-) -> Iterator[TrialResult]:
+@contextlib.contextmanager
+def _ray_session(workers: int | None, address: str | None, cpus: int, gpus: float) -> Iterator[Any]:
+    """``ray`` initialised (a local instance on ``workers × cpus`` CPUs, or the cluster at
+    ``address``) and shut down at the end; a local machine too small for one trial is a
+    :class:`SweepError` (its trials would wait forever)."""
     import ray
 
     if address is not None:
@@ -663,27 +660,33 @@ def _ray_results(
         )
     try:
         if address is None:
-            # A trial asking for more than this machine has would wait forever.
             have = ray.cluster_resources()
             for name, need in (("CPU", cpus), ("GPU", gpus)):
                 if need > have.get(name, 0.0):
                     raise SweepError(
                         f"a trial needs {need:g} {name}s, this machine has {have.get(name, 0.0):g}"
                     )
-        # Ray retries a task whose worker died; the retry resumes from the trial's checkpoint.
-        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=2)(_run_trial_on_ray)
-        names = {task.remote(t, str(root.resolve())): t.name for t in items}
-        pending = list(names)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            for ref in ready:
-                try:
-                    yield ray.get(ref)
-                except ray.exceptions.RayError as e:  # the worker died more often than retried
-                    message = one_line(str(e)) if str(e) else type(e).__name__
-                    yield TrialResult(names[ref], "failed", 1, message)
+        yield ray
     finally:
         ray.shutdown()
+
+
+def _ray_results(
+    ray: Any, items: Sequence[Trial], root: Path, cpus: int, gpus: float
+) -> Iterator[TrialResult]:
+    """Every trial as a Ray task; results in the order they finish."""
+    # Ray retries a task whose worker died; the retry resumes from the trial's checkpoint.
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=2)(_run_trial_on_ray)
+    names = {task.remote(t, str(root.resolve())): t.name for t in items}
+    pending = list(names)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for ref in ready:
+            try:
+                yield ray.get(ref)
+            except ray.exceptions.RayError as e:  # the worker died more often than retried
+                message = one_line(str(e)) if str(e) else type(e).__name__
+                yield TrialResult(names[ref], "failed", 1, message)
 
 
 def run_sweep(
@@ -722,29 +725,37 @@ def run_sweep(
     items = trials(spec, cpus_per_trial, "cuda" if gpus_per_trial > 0 else "cpu")
     check_folder(root, items)
     check_trials(items)
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / SPEC_NAME, json.dumps(spec.to_dict(), indent=2) + "\n")
 
     def say(text: str) -> None:
         if echo:
             print(text, file=sys.stderr, flush=True)
 
+    def start() -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(root / SPEC_NAME, json.dumps(spec.to_dict(), indent=2) + "\n")
+
+    results: list[TrialResult] = []
+
+    def collect(stream: Iterator[TrialResult]) -> None:
+        for i, r in enumerate(stream, 1):
+            results.append(r)
+            score = "" if r.score is None else f", score {r.score:.1f}"
+            detail = f": {r.message}" if r.status == "failed" else f" ({r.seconds:.1f} s{score})"
+            say(f"[{i}/{len(items)}] {r.status} {r.name}{detail}")
+
     if local:
-        results_iter: Iterator[TrialResult] = (run_trial(t, root) for t in items)
+        start()
         say(f"{len(items)} trials in {root}, one after the other in this process")
+        collect(run_trial(t, root) for t in items)
     else:
         cores = os.cpu_count() or 1
         n = workers if workers is not None else max(1, cores // cpus_per_trial)
-        say(f"{len(items)} trials in {root} on Ray ({address or f'local, {n} at a time'})")
-        results_iter = _ray_results(
-            items, root, None if address else n, address, cpus_per_trial, gpus_per_trial
-        )
-    results = []
-    for i, r in enumerate(results_iter, 1):
-        results.append(r)
-        score = "" if r.score is None else f", score {r.score:.1f}"
-        detail = f": {r.message}" if r.status == "failed" else f" ({r.seconds:.1f} s{score})"
-        say(f"[{i}/{len(items)}] {r.status} {r.name}{detail}")
+        with _ray_session(
+            None if address else n, address, cpus_per_trial, gpus_per_trial
+        ) as ray_module:
+            start()
+            say(f"{len(items)} trials in {root} on Ray ({address or f'local, {n} at a time'})")
+            collect(_ray_results(ray_module, items, root, cpus_per_trial, gpus_per_trial))
     if report and any(r.status != "failed" for r in results):
         from deep import report as report_module
 
