@@ -43,6 +43,7 @@ import numpy as np
 import tyro
 
 from deep import stats
+from deep.plots import read_metrics
 
 SUMMARY_NAME = "summary.json"
 CONFIG_NAME = "config.json"
@@ -491,8 +492,6 @@ def _plot_profiles(runs: Sequence[Run], results: Mapping[str, Any], out: Path) -
 
 
 def _curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
-    from deep.plots import read_metrics
-
     path = run.path / METRICS_NAME
     if not path.exists():
         return np.zeros(0), np.zeros(0)

@@ -74,6 +74,8 @@ from typing import Annotated, Any
 
 import tyro
 
+from deep import report as report_module
+from deep import train
 from deep.files import atomic_write_text
 
 SPEC_NAME = "sweep.json"
@@ -406,8 +408,6 @@ def one_line(text: str) -> str:
 
 def _call_train(argv: Sequence[str]) -> tuple[int, str, str]:
     """``deep.train.main(argv)`` with its output captured: (exit code, stdout, stderr)."""
-    from deep import train
-
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -757,8 +757,6 @@ def run_sweep(
             say(f"{len(items)} trials in {root} on Ray ({address or f'local, {n} at a time'})")
             collect(_ray_results(ray_module, items, root, cpus_per_trial, gpus_per_trial))
     if report and any(r.status != "failed" for r in results):
-        from deep import report as report_module
-
         results_md = report_module.report(root, reps=reps)
         if echo:
             print(report_module.to_markdown(results_md), end="")
