@@ -96,6 +96,19 @@ class RunConfig:
     env_id: str | None = None
     """Gymnasium id to evaluate on; default: the dataset's own environment."""
 
+    max_episode_steps: int | None = None
+    """For a D4RL file without a 'timeouts' key: an episode ends every this many steps (d4rl's
+    env._max_episode_steps fallback); such a file is refused without it."""
+
+    action_low: float | None = None
+    """Lower bound of the dataset's continuous actions, in its own units, for every action
+    dimension; default: the file's action_low attribute, else -1. Actions are rescaled to
+    [-1, 1] on loading (the environment's RescaleAction maps the policy back)."""
+
+    action_high: float | None = None
+    """Upper bound of the dataset's continuous actions, as --action-low; default: the file's
+    action_high attribute, else 1."""
+
     eval_gamma: float | None = None
     """Discount of the evaluation's Monte-Carlo returns for agents without a γ of their own
     (bc, discrete-bc); default 0.99. Agents with a γ use it, so this option is refused for

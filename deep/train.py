@@ -245,7 +245,13 @@ class _Run:
     ) -> None:
         settings = config.run
         self.config, self.run_dir, self.device = config, run_dir, device
-        dataset = load_dataset(settings.dataset, env_id=settings.env_id)
+        dataset = load_dataset(
+            settings.dataset,
+            env_id=settings.env_id,
+            max_episode_steps=settings.max_episode_steps,
+            action_low=settings.action_low,
+            action_high=settings.action_high,
+        )
         self.digest = dataset_digest(dataset)
         self._check_identity(ckpt)
         self.info = dataset_info(dataset, settings.env_id)

@@ -21,10 +21,16 @@ The package (data flows one way: spec -> reader -> container -> sampler):
 
 Every loader validates at the boundary: a bad file raises ``DatasetError`` naming the key and
 the first bad row. :func:`export_d4rl` writes any dataset back as a D4RL file that d4rl itself
-reads to exactly the same transitions. Command line::
+reads to exactly the same transitions. Continuous actions are stored in [-1, 1], the agents'
+convention: other bounds (given, or in a file's ``action_low``/``action_high`` attributes) are
+rescaled on loading (see :mod:`deep.data.formats`). Command line (bad input ends in one line
+``error: ...`` and exit 2, see :mod:`deep.cli`; ``--debug`` for the traceback)::
 
-    python -m deep.data info SPEC
-    python -m deep.data export NAME_OR_SPEC PATH
+    python -m deep.data info SPEC [--max-episode-steps N] [--action-low L --action-high H]
+    python -m deep.data export NAME_OR_SPEC PATH [--force] [same options]
+
+``export`` writes by the suffix of PATH: ``.hdf5``/``.h5`` as D4RL HDF5, ``.npz`` in the
+transition layout; it refuses an existing PATH unless ``--force``, and replaces it atomically.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Literal
 
 import numpy as np
 
+from deep.cli import main_guard
 from deep.data import builtin
 from deep.data.builtin import (
     DEFAULT_DATASET_SEED,
@@ -71,12 +78,15 @@ from deep.data.dataset import (
 from deep.data.formats import (
     D4RL_ENV_IDS,
     D4RL_KEYS,
+    EXPORT_SUFFIXES,
     HDF5_SUFFIXES,
     ExportSummary,
     LoadOptions,
+    check_export_target,
     d4rl_name,
     d4rl_rows,
     export_d4rl,
+    export_file,
     infer_env_id,
     read_hdf5,
     read_minari,
@@ -95,6 +105,7 @@ __all__ = [
     "D4RL_KEYS",
     "DEFAULT_DATASET_SEED",
     "DEFAULT_TRANSITIONS",
+    "EXPORT_SUFFIXES",
     "GENERATOR_VERSION",
     "HDF5_SUFFIXES",
     "QUALITIES",
@@ -112,6 +123,7 @@ __all__ = [
     "builtin_names",
     "builtin_spec",
     "cache_path",
+    "check_export_target",
     "d4rl_name",
     "d4rl_rows",
     "default_cache_dir",
@@ -119,6 +131,7 @@ __all__ = [
     "episode_ends",
     "episode_returns",
     "export_d4rl",
+    "export_file",
     "generate_builtin",
     "generate_locomotion",
     "infer_env_id",
@@ -166,22 +179,29 @@ def load_dataset(
             inferred from a D4RL name (``hopper-*`` -> ``Hopper-v5``).
         n_actions: number of discrete actions for files whose actions are integers (a file
             written by :func:`export_d4rl` stores it, so it is only needed for other files).
-        action_low, action_high: bounds for continuous actions; default: the Minari action
-            space, the file's attributes, the built-in dataset's own bounds, else [-1, 1].
+        action_low, action_high: bounds of continuous actions in the data's units (a scalar
+            applies to every dimension); default: the Minari action space, the file's
+            attributes, else [-1, 1]. Actions are checked against them, then rescaled to
+            [-1, 1] (see ``rescale_actions``). Refused for built-in datasets, whose actions
+            are in [-1, 1] already.
         check_action_bounds: set False to accept continuous actions outside the bounds.
-        max_episode_steps: only for D4RL-layout data without a 'timeouts' key: d4rl's
+        max_episode_steps: only for D4RL-layout files without a 'timeouts' key: d4rl's
             fallback, an episode end every ``max_episode_steps`` steps (without it such a file
-            is rejected rather than guessed).
+            is rejected rather than guessed); refused for built-in and Minari datasets, which
+            record their episode ends.
         layout: for ``.npz``: ``"d4rl"`` (rows are steps) or ``"transitions"`` (rows are
             transitions with ``next_observations``); ``"auto"`` picks transitions when the
             file has ``next_observations``. HDF5 files are always read as D4RL.
-        rescale_actions: for ``minari:`` with a Box action space other than [-1, 1]: map the
-            actions to [-1, 1], the convention of the agents and of ``deep.envs.make_env``
-            (default); False keeps the environment's units.
+        rescale_actions: for files and ``minari:`` whose action bounds are not [-1, 1] (given,
+            in the file's attributes, or the Minari Box space): map the actions to
+            ``2 (u - low) / (high - low) - 1`` in [-1, 1] and store [-1, 1] as the bounds, the
+            convention of the agents and of ``deep.envs.make_env`` (default); False keeps the
+            stored units. Bounds that define no box (non-finite, high <= low) are an error.
 
     Raises:
-        DatasetError: a file with missing keys, unequal lengths, non-finite values, wrong
-            dimensions or out-of-range actions (the message names the key and the row).
+        DatasetError: a file that cannot be read (truncated, corrupt, another format), or with
+            missing keys, unequal lengths, non-finite values, wrong dimensions or out-of-range
+            actions (the message names the file, the key and the row).
         FileNotFoundError: a file path or Minari id that does not exist locally.
         KeyError: an unknown built-in name (the message lists the known ones).
     """
@@ -200,10 +220,15 @@ def load_dataset(
     )
     text = os.fspath(spec)
     if text.startswith("minari:"):
+        if max_episode_steps is not None:
+            raise ValueError(
+                f"--max-episode-steps is for D4RL files without 'timeouts'; {text} records its "
+                "episode ends (truncations)"
+            )
         return read_minari(text[len("minari:") :], opts)
     path = Path(text).expanduser()
     suffix = path.suffix.lower()
-    if suffix in (*HDF5_SUFFIXES, ".npz"):
+    if suffix in EXPORT_SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(f"dataset file not found: {path}")
         if suffix == ".npz":
@@ -218,6 +243,17 @@ def load_dataset(
         )
 
     known = builtin.builtin_names()
+    if is_locomotion_name(text) or text in known:
+        if max_episode_steps is not None:
+            raise ValueError(
+                "--max-episode-steps is for D4RL files without 'timeouts'; the built-in "
+                f"dataset {text} records its episode ends"
+            )
+        if action_low is not None or action_high is not None:
+            raise ValueError(
+                "--action-low/--action-high are for files and Minari datasets; the built-in "
+                f"dataset {text} stores its actions in [-1, 1] already"
+            )
     if is_locomotion_name(text):
         dataset = load_locomotion(text)
     elif text in known:
@@ -239,33 +275,68 @@ def load_dataset(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``info SPEC`` prints sizes and returns; ``export NAME_OR_SPEC PATH`` writes a D4RL file."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m deep.data",
-        description="Inspect offline datasets or export them as D4RL HDF5 files. Specs: "
-        + "; ".join(SPEC_FORMS),
+        description="Inspect offline datasets or export them as D4RL HDF5 or .npz files. Specs: "
+        + "; ".join(SPEC_FORMS)
+        + ". Bad input ends in one line 'error: ...' (exit 2); --debug shows the traceback.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print sizes, action space and episode returns")
     info.add_argument("spec")
-    export = sub.add_parser("export", help="write a D4RL-layout HDF5 file")
+    export = sub.add_parser("export", help="write a D4RL HDF5 (.hdf5/.h5) or .npz file")
     export.add_argument("spec")
-    export.add_argument("path")
-    args = parser.parse_args(argv)
+    export.add_argument(
+        "path", help="output file; its suffix picks the format: " + ", ".join(EXPORT_SUFFIXES)
+    )
+    export.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    for command in (info, export):
+        command.add_argument(
+            "--max-episode-steps",
+            type=int,
+            default=None,
+            metavar="N",
+            help="for a D4RL file without 'timeouts': an episode ends every N steps (d4rl's "
+            "env._max_episode_steps fallback)",
+        )
+        command.add_argument(
+            "--action-low",
+            type=float,
+            default=None,
+            metavar="L",
+            help="lower action bound in the file's units, every dimension (default: the file's "
+            "attribute, else -1); actions are rescaled to [-1, 1]",
+        )
+        command.add_argument(
+            "--action-high",
+            type=float,
+            default=None,
+            metavar="H",
+            help="upper action bound, as --action-low (default: the file's attribute, else 1)",
+        )
+    return parser
 
-    try:
-        dataset = load_dataset(args.spec)
-    except (DatasetError, FileNotFoundError, KeyError, ModuleNotFoundError, ValueError) as e:
-        # A bad spec or file is a usage error: say what is wrong, without a traceback.
-        parser.exit(2, f"error: {e.args[0] if e.args else e}\n")
+
+def _main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "export":
+        # Refuse a bad target before the (possibly long) loading.
+        check_export_target(args.path, force=args.force)
+    dataset = load_dataset(
+        args.spec,
+        max_episode_steps=args.max_episode_steps,
+        action_low=args.action_low,
+        action_high=args.action_high,
+    )
     if args.command == "info":
         print(describe(dataset))
         return 0
-    summary = export_d4rl(dataset, args.path)
-    print(
-        f"wrote {summary.path}: {summary.transitions} transitions of {dataset.name!r} as "
-        f"{summary.rows} D4RL rows ({summary.padding_rows} padding rows with timeouts=1, "
-        "dropped again by qlearning_dataset)"
-    )
+    print(export_file(dataset, args.path, force=args.force))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``info SPEC`` prints sizes and returns; ``export NAME_OR_SPEC PATH`` writes a D4RL HDF5
+    or ``.npz`` file, by the suffix of PATH. Runs through :func:`deep.cli.main_guard`."""
+    return main_guard(_main, argv)

@@ -80,6 +80,8 @@ import hashlib
 import logging
 import os
 import time
+import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -445,6 +447,18 @@ def cache_path(
     return folder / f"{name}-g{GENERATOR_VERSION}-n{n}-s{seed}-{digest}.npz"
 
 
+# What reading a damaged cache file can raise: read_npz turns read errors into DatasetError (a
+# ValueError); the others are listed too, as a cache file must never stop a run.
+_CACHE_READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    EOFError,
+    KeyError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+
+
 def _read_cache(path: Path, name: str, task: Task) -> OfflineDataset:
     """A cached dataset, read (and validated) by the one ``.npz`` reader of deep.data.formats."""
     ds = read_npz(
@@ -493,8 +507,10 @@ def load_builtin(
     if path.exists():
         try:
             return _read_cache(path, name, spec.task)
-        except (OSError, ValueError) as err:
-            log.warning("regenerating %s: cannot read %s (%s)", name, path, err)
+        except _CACHE_READ_ERRORS as err:
+            # A truncated or corrupt file (a killed copy, a full disk) is only a cache:
+            # regenerate it; save_npz below replaces it atomically.
+            log.warning("regenerating %s: cannot read its cache file %s (%s)", name, path, err)
     start = time.perf_counter()
     ds = generate_builtin(name, n, seed)
     log.info("generated %s (%d transitions) in %.1f s", name, len(ds), time.perf_counter() - start)

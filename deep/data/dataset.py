@@ -291,8 +291,9 @@ def check_arrays(
             assert j is not None
             raise DatasetError(
                 f"{source}: 'actions' {_at(where, i, j)} = {out['actions'][i, j]:.7g} is outside "
-                f"the action space [{lo[j]:.7g}, {hi[j]:.7g}]; pass action_low/action_high to load_dataset "
-                "if the environment's bounds differ"
+                f"the action space [{lo[j]:.7g}, {hi[j]:.7g}]; if the environment's bounds "
+                "differ, pass them as --action-low/--action-high (action_low/action_high of "
+                "load_dataset)"
             )
 
     for k in flag_keys:

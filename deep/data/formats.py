@@ -11,15 +11,26 @@
   (``$MINARI_DATASETS_PATH``, default ``~/.minari/datasets``); nothing is ever downloaded.
 
 Every reader validates with :func:`deep.data.dataset.check_arrays`: a bad file raises
-``DatasetError`` naming the key and the first bad row.
+``DatasetError`` naming the key and the first bad row; a file that cannot be read at all
+(truncated, corrupt, not HDF5 / not a zip archive) raises ``DatasetError`` naming the file.
+
+Continuous actions follow the agents' convention, [-1, 1]. Bounds other than [-1, 1] (given to
+the loader, stored in a file's ``action_low``/``action_high`` attributes, or a Minari Box
+space) are checked in the data's units, then, with ``rescale_actions`` (the default), the
+actions are mapped to ``a = 2 (u - low) / (high - low) - 1`` and the dataset stores [-1, 1] as
+its bounds: ``deep.envs.make_env``'s ``RescaleAction`` maps the policy's actions back to the
+environment's units.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +48,7 @@ from deep.data.dataset import (
 from deep.files import atomic_write
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
+NPZ_SUFFIX = ".npz"
 D4RL_KEYS = ("observations", "actions", "rewards", "terminals")
 
 # D4RL's gym-mujoco datasets were recorded on the v2 mujoco-py environments; their Gymnasium
@@ -85,11 +97,12 @@ def _d4rl_timeout_rows(
     if max_episode_steps is None:
         raise DatasetError(
             f"{source}: no 'timeouts' key. d4rl then ends an episode every "
-            "env._max_episode_steps steps; pass max_episode_steps=... to reproduce that, or add "
-            "a 'timeouts' array (zeros if no episode was truncated)"
+            "env._max_episode_steps steps; pass --max-episode-steps N (max_episode_steps=N of "
+            "load_dataset) to reproduce that, or add a 'timeouts' array (zeros if no episode "
+            "was truncated)"
         )
     if max_episode_steps < 1:
-        raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        raise ValueError(f"--max-episode-steps must be >= 1, got {max_episode_steps}")
     final = np.zeros(n, dtype=np.bool_)
     episode_step = 0
     for i in range(n - 1):  # mirrors the loop of d4rl.qlearning_dataset
@@ -165,6 +178,65 @@ def _attr_str(attrs: Mapping[str, Any], key: str) -> str | None:
     return str(value) if str(value) else None
 
 
+def _unreadable(path: Path, kind: str, err: BaseException) -> DatasetError:
+    detail = " ".join(str(err).split()) or type(err).__name__
+    return DatasetError(
+        f"{path}: not a readable {kind} file (truncated or corrupt?): {detail}; "
+        "replace it with a complete copy"
+    )
+
+
+# What h5py and numpy raise for a file that is truncated, corrupt or of another format
+# (h5py: OSError; np.load: BadZipFile, EOFError, zlib.error, ValueError for a non-zip file).
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    RuntimeError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+
+
+def usable_bounds(low: np.ndarray, high: np.ndarray, source: str) -> None:
+    """Raise ``DatasetError`` naming bounds that define no action box (non-finite, high <= low)."""
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
+        raise DatasetError(
+            f"{source}: unusable action bounds low={low.tolist()}, high={high.tolist()} (they "
+            "must be finite with high > low in every dimension); pass --action-low/--action-high "
+            "(action_low/action_high of load_dataset)"
+        )
+
+
+def rescale_to_unit(
+    actions: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``a = 2 (u - low) / (high - low) - 1``: actions in [low, high] -> [-1, 1], with the new
+    bounds (-1, 1). The inverse of ``gymnasium.wrappers.RescaleAction(env, -1, 1)``.
+
+    Shapes: ``actions`` (N, act_dim), ``low``/``high`` (act_dim,); returns float32 arrays.
+    """
+    if np.all(low == -1.0) and np.all(high == 1.0):
+        return actions, low, high
+    scaled = 2.0 * (actions.astype(np.float64) - low) / (high.astype(np.float64) - low) - 1.0
+    dims = low.shape[0]
+    unit_low, unit_high = action_bound(-1.0, dims), action_bound(1.0, dims)
+    assert unit_low is not None and unit_high is not None
+    # float64 rounding may step just outside [-1, 1]; the agents' tanh range is closed.
+    return np.clip(scaled, -1.0, 1.0).astype(np.float32), unit_low, unit_high
+
+
+def _in_agent_units(ds: OfflineDataset, opts: LoadOptions) -> OfflineDataset:
+    """A file's continuous actions in [-1, 1] when ``opts.rescale_actions`` (see module doc);
+    the bounds were checked by :func:`_file_options`."""
+    low, high = ds.action_low, ds.action_high
+    if ds.discrete or low is None or high is None or not opts.rescale_actions:
+        return ds
+    actions, low, high = rescale_to_unit(ds.actions, low, high)
+    return replace(ds, actions=actions, action_low=low, action_high=high)
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """The keyword arguments of :func:`deep.data.load_dataset`, passed on to the readers.
@@ -221,6 +293,8 @@ def _file_options(
             # D4RL's MuJoCo tasks act in [-1, 1]; the assumption is checked, so it is stored.
             low, high = first_given(low, -1.0), first_given(high, 1.0)
         low, high = action_bound(low, act_dim), action_bound(high, act_dim)
+        if low is not None and high is not None:
+            usable_bounds(low, high, str(path))
     return _FileOptions(
         name, env_id, discrete, n_actions if discrete else None, low, high, opts.check_action_bounds
     )
@@ -234,23 +308,30 @@ def read_hdf5(path: Path, opts: LoadOptions) -> OfflineDataset:
     """
     import h5py
 
-    with h5py.File(path, "r") as f:
-        raw: dict[str, np.ndarray] = {}
-        for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
-            if key in f:
-                item = f[key]
-                if not isinstance(item, h5py.Dataset):
-                    raise DatasetError(f"{path}: '{key}' is an HDF5 group, expected an array")
-                raw[key] = np.asarray(item[()])
-        if "observations" not in raw or "actions" not in raw:
-            missing = [k for k in D4RL_KEYS if k not in raw]
-            raise DatasetError(
-                f"{path}: missing key(s) {missing}; top-level keys: {sorted(f.keys())}; "
-                f"the D4RL layout needs {list(D4RL_KEYS)} and usually 'timeouts'"
-            )
-        attrs = dict(f.attrs)
+    try:
+        with h5py.File(path, "r") as f:
+            raw: dict[str, np.ndarray] = {}
+            for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
+                if key in f:
+                    item = f[key]
+                    if not isinstance(item, h5py.Dataset):
+                        raise DatasetError(f"{path}: '{key}' is an HDF5 group, expected an array")
+                    raw[key] = np.asarray(item[()])
+            keys = sorted(f.keys())
+            attrs = dict(f.attrs)
+    except DatasetError:
+        raise
+    except _READ_ERRORS as e:
+        raise _unreadable(path, "HDF5", e) from e
+    if "observations" not in raw or "actions" not in raw:
+        missing = [k for k in D4RL_KEYS if k not in raw]
+        raise DatasetError(
+            f"{path}: missing key(s) {missing}; top-level keys: {keys}; "
+            f"the D4RL layout needs {list(D4RL_KEYS)} and usually 'timeouts'"
+        )
     fo = _file_options(attrs, raw["actions"], path, opts)
-    return _from_d4rl_arrays(raw, source=str(path), fo=fo, max_episode_steps=opts.max_episode_steps)
+    ds = _from_d4rl_arrays(raw, source=str(path), fo=fo, max_episode_steps=opts.max_episode_steps)
+    return _in_agent_units(ds, opts)
 
 
 def read_npz(path: Path, opts: LoadOptions) -> OfflineDataset:
@@ -260,8 +341,15 @@ def read_npz(path: Path, opts: LoadOptions) -> OfflineDataset:
     ``next_observations``. Metadata (name, env_id, n_actions, action bounds) come from ``opts``,
     else from the file's ``attr_*`` arrays, else from the defaults of :func:`_file_options`.
     """
-    with np.load(path, allow_pickle=False) as z:
-        raw = {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise DatasetError(f"{path}: a single .npy array, not an .npz archive of arrays")
+            raw = {k: z[k] for k in z.files}
+    except DatasetError:
+        raise
+    except _READ_ERRORS as e:
+        raise _unreadable(path, "npz", e) from e
     # save_npz stores the metadata as 0-d arrays named attr_*.
     attrs = {k[len("attr_") :]: raw.pop(k) for k in list(raw) if k.startswith("attr_")}
     if "name" not in attrs and "name" in raw and raw["name"].ndim == 0:
@@ -278,9 +366,10 @@ def read_npz(path: Path, opts: LoadOptions) -> OfflineDataset:
         layout = "transitions" if "next_observations" in raw else "d4rl"
     fo = _file_options(attrs, raw["actions"], path, opts)
     if layout == "d4rl":
-        return _from_d4rl_arrays(
+        ds = _from_d4rl_arrays(
             raw, source=str(path), fo=fo, max_episode_steps=opts.max_episode_steps
         )
+        return _in_agent_units(ds, opts)
     checked = check_arrays(
         raw,
         keys=TRANSITION_KEYS,
@@ -291,7 +380,7 @@ def read_npz(path: Path, opts: LoadOptions) -> OfflineDataset:
         action_high=fo.action_high if fo.check else None,
         source=str(path),
     )
-    return OfflineDataset(
+    ds = OfflineDataset(
         observations=checked["observations"],
         actions=checked["actions"],
         rewards=checked["rewards"],
@@ -305,6 +394,7 @@ def read_npz(path: Path, opts: LoadOptions) -> OfflineDataset:
         action_low=fo.action_low,
         action_high=fo.action_high,
     )
+    return _in_agent_units(ds, opts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,18 +502,8 @@ def read_minari(dataset_id: str, opts: LoadOptions) -> OfflineDataset:
     actions = checked["actions"]
     if not discrete and opts.rescale_actions:
         assert low is not None and high is not None
-        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
-            raise DatasetError(
-                f"minari:{dataset_id}: cannot rescale actions to [-1, 1] with bounds "
-                f"low={low}, high={high}; pass rescale_actions=False to keep them as stored"
-            )
-        if not (np.all(low == -1.0) and np.all(high == 1.0)):
-            scaled = (
-                2.0 * (actions.astype(np.float64) - low) / (high.astype(np.float64) - low) - 1.0
-            )
-            actions = scaled.astype(np.float32)
-            dims = low.shape[0]
-            low, high = action_bound(-1.0, dims), action_bound(1.0, dims)
+        usable_bounds(low, high, f"minari:{dataset_id}")
+        actions, low, high = rescale_to_unit(actions, low, high)
     spec = md.env_spec
     return OfflineDataset(
         observations=checked["observations"],
@@ -502,14 +582,17 @@ def export_d4rl(dataset: OfflineDataset, path: str | os.PathLike[str]) -> Export
     rewards (M,) float32, terminals (M,) bool, timeouts (M,) bool, next_observations; file
     attributes: name, env_id, n_actions (discrete), action_low/high (when known). See
     :func:`d4rl_rows` for the padding rows. Both :func:`deep.data.load_dataset` and d4rl's own
-    ``qlearning_dataset(env, dataset=...)`` give back the N transitions unchanged.
+    ``qlearning_dataset(env, dataset=...)`` give back the N transitions unchanged. The file is
+    replaced atomically (:func:`deep.files.atomic_write`).
     """
     import h5py
 
     rows = d4rl_rows(dataset)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(target, "w") as f:
+    # HDF5 is built in memory, then written through atomic_write: a reader never sees a
+    # half-written file, and a failed export leaves the previous file in place.
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         for key, value in rows.items():
             f.create_dataset(key, data=value)
         f.attrs["name"] = dataset.name
@@ -522,6 +605,7 @@ def export_d4rl(dataset: OfflineDataset, path: str | os.PathLike[str]) -> Export
             f.attrs["action_low"] = np.asarray(dataset.action_low, dtype=np.float32)
         if dataset.action_high is not None:
             f.attrs["action_high"] = np.asarray(dataset.action_high, dtype=np.float32)
+    atomic_write(target, lambda fh: fh.write(buffer.getbuffer()))
     m = int(rows["rewards"].shape[0])
     return ExportSummary(target, len(dataset), m, m - len(dataset))
 
@@ -557,3 +641,76 @@ def save_npz(dataset: OfflineDataset, path: str | os.PathLike[str]) -> Path:
     # A file handle keeps numpy from appending ".npz" to the name.
     atomic_write(target, lambda fh: np.savez(fh, **arrays))
     return target
+
+
+EXPORT_SUFFIXES = (*HDF5_SUFFIXES, NPZ_SUFFIX)
+"""File suffixes :func:`export_file` writes: D4RL HDF5 (``.hdf5``, ``.h5``) or ``.npz``."""
+
+
+def check_export_target(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """The export target ``path``, refused (``ValueError`` / ``FileExistsError`` naming it and
+    what to do) when its suffix is not in :data:`EXPORT_SUFFIXES`, it is a folder, its parent
+    cannot be a folder, or it exists and ``force`` is False. Nothing is written."""
+    target = Path(path).expanduser()
+    suffix = target.suffix.lower()
+    if target.is_dir():
+        raise ValueError(
+            f"cannot export to {target}: it is a folder; give a file path ending in "
+            + ", ".join(EXPORT_SUFFIXES)
+        )
+    if suffix not in EXPORT_SUFFIXES:
+        raise ValueError(
+            f"cannot export to {target}: unsupported suffix {suffix!r}; accepted: "
+            ".hdf5 or .h5 (D4RL HDF5), .npz (transition layout)"
+        )
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"cannot export to {target}: {parent} is a file, not a folder; choose a "
+                    "path inside a folder"
+                )
+            break
+    if target.exists() and not force:
+        raise FileExistsError(
+            f"{target} exists; pass --force to replace it, or choose another path"
+        )
+    return target
+
+
+def export_file(
+    dataset: OfflineDataset, path: str | os.PathLike[str], *, force: bool = False
+) -> str:
+    """Write ``dataset`` by the suffix of ``path``: ``.hdf5``/``.h5`` with :func:`export_d4rl`,
+    ``.npz`` with :func:`save_npz`; returns a one-line summary of what was written.
+
+    The target is checked first (:func:`check_export_target`); the write is atomic, so a failed
+    export leaves any previous file untouched. An ``OSError`` of the write (a read-only folder,
+    a full disk) becomes an ``OSError`` whose message names the target.
+    """
+    target = check_export_target(path, force=force)
+    write: Callable[[], str]
+    if target.suffix.lower() == NPZ_SUFFIX:
+
+        def write() -> str:
+            save_npz(dataset, target)
+            return (
+                f"wrote {target}: {len(dataset)} transitions of {dataset.name!r} as .npz "
+                "(transition layout)"
+            )
+
+    else:
+
+        def write() -> str:
+            summary = export_d4rl(dataset, target)
+            return (
+                f"wrote {summary.path}: {summary.transitions} transitions of {dataset.name!r} "
+                f"as {summary.rows} D4RL rows ({summary.padding_rows} padding rows with "
+                "timeouts=1, dropped again by qlearning_dataset)"
+            )
+
+    try:
+        return write()
+    except OSError as e:
+        reason = e.strerror or " ".join(str(e).split())
+        raise OSError(f"cannot write {target}: {reason}; choose a folder you can write to") from e
