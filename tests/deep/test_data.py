@@ -492,10 +492,8 @@ def test_builtin_delegates_to_deep_data_builtin(monkeypatch: pytest.MonkeyPatch)
     assert got.name == "pendulum-random"
     assert got.terminals.dtype == np.bool_  # validated and made canonical
     np.testing.assert_array_equal(got.terminals, ds.terminals)
-    with pytest.raises(
-        KeyError, match=r"unknown dataset 'hopper-medium'.*cartpole-random.*minari:"
-    ):
-        load_dataset("hopper-medium")
+    with pytest.raises(KeyError, match=r"unknown dataset 'ant-medium'.*cartpole-random.*minari:"):
+        load_dataset("ant-medium")  # hopper-medium is a built-in now (deep.data.locomotion)
 
 
 # ---------------------------------------------------------------------------------------------
