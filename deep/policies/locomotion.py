@@ -328,9 +328,12 @@ class BehaviourRow:
     score_mean: float
     score_std: float
     seconds: float
+    cpu_seconds: float
 
 
-def _row(env: str, level: str, episodes: Sequence[Episode], seconds: float) -> BehaviourRow:
+def _row(
+    env: str, level: str, episodes: Sequence[Episode], seconds: float, cpu_seconds: float
+) -> BehaviourRow:
     returns = np.array([ep.total_reward for ep in episodes])
     scores = normalized_score(env, returns)
     return BehaviourRow(
@@ -342,6 +345,7 @@ def _row(env: str, level: str, episodes: Sequence[Episode], seconds: float) -> B
         score_mean=float(scores.mean()),
         score_std=float(scores.std()),
         seconds=seconds,
+        cpu_seconds=cpu_seconds,
     )
 
 
@@ -353,10 +357,11 @@ def behaviour_table(
 ) -> list[BehaviourRow]:
     """Collect each (env, level) dataset (default sizes unless ``n_transitions``) and summarise
     its episodes. ``medium-expert`` reuses the medium and expert collections when both are in
-    ``levels`` (its ``seconds`` is then the sum of theirs, what a direct collection costs)."""
+    ``levels`` (its ``seconds`` is then the sum of theirs, what a direct collection costs).
+    Each row is also printed to stderr as it is ready."""
     rows: list[BehaviourRow] = []
     for env in envs:
-        cache: dict[str, tuple[list[Episode], float]] = {}
+        cache: dict[str, tuple[list[Episode], float, float]] = {}
         for level in levels:
             n = default_size(env, level) if n_transitions is None else n_transitions
             if level == "medium-expert" and "medium" in cache and "expert" in cache:
@@ -364,27 +369,29 @@ def behaviour_table(
                 same = n_transitions is None or half == n_transitions
                 if same and max(n - half, 1) == half:
                     eps = cache["medium"][0] + cache["expert"][0]
-                    rows.append(_row(env, level, eps, cache["medium"][1] + cache["expert"][1]))
+                    med, exp = cache["medium"], cache["expert"]
+                    rows.append(_row(env, level, eps, med[1] + exp[1], med[2] + exp[2]))
                     continue
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             eps = collect_episodes(env, level, n, seed)
-            seconds = time.perf_counter() - start
-            cache[level] = (eps, seconds)
-            rows.append(_row(env, level, eps, seconds))
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+            cache[level] = (eps, seconds, cpu)
+            rows.append(_row(env, level, eps, seconds, cpu))
+            print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     return rows
 
 
 def format_table(rows: Sequence[BehaviourRow]) -> str:
     """Markdown table of :func:`behaviour_table`'s rows."""
     lines = [
-        "| dataset | transitions | episodes | return | normalised | seconds |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| dataset | transitions | episodes | return | normalised | seconds | CPU seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.dataset} | {r.transitions} | {r.episodes} | "
             f"{r.return_mean:.1f} ± {r.return_std:.1f} | {r.score_mean:.1f} ± {r.score_std:.1f} | "
-            f"{r.seconds:.0f} |"
+            f"{r.seconds:.0f} | {r.cpu_seconds:.0f} |"
         )
     return "\n".join(lines)
 
