@@ -82,7 +82,7 @@ import os
 import time
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -459,18 +459,35 @@ _CACHE_READ_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _read_cache(path: Path, name: str, task: Task) -> OfflineDataset:
+def read_cache(path: Path, name: str, env_id: str, n_actions: int | None = None) -> OfflineDataset:
     """A cached dataset, read (and validated) by the one ``.npz`` reader of deep.data.formats."""
-    ds = read_npz(
-        path,
-        LoadOptions(
-            env_id=task.env_id, n_actions=2 if task.discrete else None, layout="transitions"
-        ),
-    )
+    ds = read_npz(path, LoadOptions(env_id=env_id, n_actions=n_actions, layout="transitions"))
     if ds.timeouts is None:
         raise ValueError(f"cached dataset {path} lacks arrays ['timeouts']")
     if ds.name != name:
         raise ValueError(f"cached dataset {path} holds {ds.name!r}, not {name!r}")
+    return ds
+
+
+def cached(
+    path: Path,
+    name: str,
+    read: Callable[[], OfflineDataset],
+    generate: Callable[[], OfflineDataset],
+) -> OfflineDataset:
+    """``read()`` the cache file ``path`` of ``name``, or ``generate()`` it (timed, logged) and
+    save it there atomically; a file that cannot be read is regenerated."""
+    if path.exists():
+        try:
+            return read()
+        except _CACHE_READ_ERRORS as err:
+            # A truncated or corrupt file (a killed copy, a full disk) is only a cache:
+            # regenerate it; save_npz below replaces it atomically.
+            log.warning("regenerating %s: cannot read its cache file %s (%s)", name, path, err)
+    start = time.perf_counter()
+    ds = generate()
+    log.info("generated %s (%d transitions) in %.1f s", name, len(ds), time.perf_counter() - start)
+    save_npz(ds, path)
     return ds
 
 
@@ -504,15 +521,10 @@ def load_builtin(
     if not use_cache:
         return generate_builtin(name, n, seed)
     path = cache_path(name, n, seed, cache_dir)
-    if path.exists():
-        try:
-            return _read_cache(path, name, spec.task)
-        except _CACHE_READ_ERRORS as err:
-            # A truncated or corrupt file (a killed copy, a full disk) is only a cache:
-            # regenerate it; save_npz below replaces it atomically.
-            log.warning("regenerating %s: cannot read its cache file %s (%s)", name, path, err)
-    start = time.perf_counter()
-    ds = generate_builtin(name, n, seed)
-    log.info("generated %s (%d transitions) in %.1f s", name, len(ds), time.perf_counter() - start)
-    save_npz(ds, path)
-    return ds
+    task = spec.task
+    return cached(
+        path,
+        name,
+        lambda: read_cache(path, name, task.env_id, 2 if task.discrete else None),
+        lambda: generate_builtin(name, n, seed),
+    )

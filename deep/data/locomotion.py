@@ -16,18 +16,14 @@ Only environments whose weights are shipped are listed (:func:`locomotion_names`
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
-import time
-import zipfile
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
-from deep.data.builtin import default_cache_dir
+from deep.data.builtin import cached, default_cache_dir, read_cache
 from deep.data.dataset import OfflineDataset, validate_dataset
-from deep.data.formats import LoadOptions, read_npz, save_npz
 from deep.policies import locomotion as behaviour
 
 __all__ = [
@@ -39,8 +35,6 @@ __all__ = [
     "locomotion_cache_path",
     "locomotion_names",
 ]
-
-log = logging.getLogger(__name__)
 
 LOCOMOTION_VERSION = 1
 """Bump when the collection changes: cached files then regenerate."""
@@ -135,16 +129,9 @@ def load_locomotion(
         return generate_locomotion(name, n_transitions, seed)
     path = locomotion_cache_path(name, n_transitions, seed, cache_dir)
     env, _, _, _ = _resolve(name, n_transitions, seed)
-    if path.exists():
-        try:
-            ds = read_npz(path, LoadOptions(env_id=behaviour.GYM_IDS[env], layout="transitions"))
-            if ds.name == name and ds.timeouts is not None:
-                return ds
-            log.warning("regenerating %s: %s holds another dataset", name, path)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            log.warning("regenerating %s: cannot read %s (%s)", name, path, err)
-    start = time.perf_counter()
-    ds = generate_locomotion(name, n_transitions, seed)
-    log.info("generated %s (%d transitions) in %.1f s", name, len(ds), time.perf_counter() - start)
-    save_npz(ds, path)
-    return ds
+    return cached(
+        path,
+        name,
+        lambda: read_cache(path, name, behaviour.GYM_IDS[env]),
+        lambda: generate_locomotion(name, n_transitions, seed),
+    )
