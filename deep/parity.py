@@ -6,6 +6,7 @@ start states.
     python -m deep.parity --dataset pendulum-medium --seeds 100 101 102 103 --out runs/parity
     python -m deep.parity --seeds 100 101 --peer none          # our side only
     python -m deep.parity --seeds 100 101 --train d3rlpy       # train one side in this process
+    python -m deep.parity --seeds 100 101 --train              # only rewrite the table
 
 For every seed, our CQL is trained by :func:`deep.train.run` and d3rlpy's
 (``d3rlpy.algos.CQLConfig``) by its own ``fitter``, with the same settings (by default the
@@ -170,7 +171,8 @@ class ParityConfig:
     when it is missing; none: our side only."""
 
     train: tuple[Side, ...] = SIDES
-    """Sides this process trains; the table reads every finished seed of both sides."""
+    """Sides this process trains; the table reads every finished seed of both sides
+    (``--train`` with no side trains nothing and only rewrites the table)."""
 
     final_episodes: int = _DEMO.final_episodes
     """Episodes of each final evaluation (the same start states for both sides)."""
