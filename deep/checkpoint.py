@@ -65,7 +65,13 @@ def _reason(error: Exception) -> str:
     match = re.search(
         r"WeightsUnpickler error: (.*?)(?: Please use| Check the documentation|$)", text
     )
-    return match.group(1).strip() if match else text[:200]
+    if match:
+        return match.group(1).strip()
+    if len(text) <= 300:
+        return text
+    # Whole sentences only: a reason cut mid-sentence loses what it says.
+    cut = text[:300].rfind(". ")
+    return text[: cut + 1] if cut > 0 else text
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
