@@ -673,7 +673,7 @@ def results_markdown(
         lambda x: f"{_f(x['iqm']['point'])} [{_f(x['iqm']['low'])}, {_f(x['iqm']['high'])}]",
     )
     row("Q(s₀, π(s₀)) − MC, mean", lambda x: _f(x["q_minus_mc"]))
-    row("training seconds per run", lambda x: _f(x["train_seconds"], ".0f"))
+    row("training wall-clock seconds per run", lambda x: _f(x["train_seconds"], ".0f"))
     comparison = summary.get("comparison")
     lines.append("")
     if comparison is not None:
@@ -693,7 +693,7 @@ def results_markdown(
         "Scores are 100 (R − R_random) / (R_expert − R_random) (deep.envs). Q − MC: the "
         "critics' min_i Q_i at the start states minus the discounted return obtained from them "
         "(below 0: conservative). The differences that remain between the two implementations "
-        "are listed in `python -m deep.parity --help`'s module, deep/parity.py.",
+        "are listed in the docstring of deep/parity.py.",
         "",
     ]
     return "\n".join(lines)

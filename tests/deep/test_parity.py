@@ -83,6 +83,9 @@ def test_without_d3rlpy_our_side_runs(
 
     monkeypatch.setattr(parity, "run", no_training)
     assert parity.main(args) == 0
+    (out / "results.md").unlink()
+    assert parity.main([*args, "--train"]) == 0  # no side: the table only
+    assert "| 5 |" in (out / "results.md").read_text()
     assert parity.main([*args, "--gamma", "0.9"]) == 2
     assert "other settings" in capsys.readouterr().err
 
