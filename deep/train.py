@@ -33,7 +33,6 @@ half-averaged interval is lost) and only when every tensor of the state is finit
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import sys
@@ -71,6 +70,7 @@ from deep.data import (
     ObservationNormalizer,
     OfflineDataset,
     ReplaySampler,
+    dataset_digest,
     load_dataset,
     normalize_dataset,
 )
@@ -112,22 +112,6 @@ class NoEvaluationWarning(UserWarning):
 
 class DatasetChangedError(ValueError):
     """A resumed run's dataset is not the one it started with."""
-
-
-_DIGEST_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
-
-
-def dataset_digest(dataset: OfflineDataset) -> str:
-    """SHA-256 over the transition arrays (dtype, shape and bytes, timeouts included when
-    known): the identity a resumed run checks its data against."""
-    h = hashlib.sha256()
-    arrays = [getattr(dataset, k) for k in _DIGEST_KEYS]
-    if dataset.timeouts is not None:
-        arrays.append(dataset.timeouts)
-    for a in arrays:
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a).cast("B") if a.flags.c_contiguous else a.tobytes())
-    return h.hexdigest()
 
 
 def check_new_run_dir(run_dir: Path) -> None:
@@ -213,6 +197,7 @@ def run(config: TrainConfig[Any] | str | Path) -> dict[str, Any]:
         config, ckpt = load_run_config(run_dir)
         remove_leftovers(run_dir)
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(run_dir)))
+        validate_config(config)
     else:
         validate_config(config)
         run_dir = Path(config.run.out) if config.run.out is not None else default_out_dir(config)
@@ -221,7 +206,6 @@ def run(config: TrainConfig[Any] | str | Path) -> dict[str, Any]:
             config.run, out=str(run_dir), dataset=_absolute_spec(config.run.dataset)
         )
         config = dataclasses.replace(config, run=settings)
-    validate_config(config)
     device = resolve_device(config.run.device)
     threads_before = torch.get_num_threads()
     if config.run.threads > 0:

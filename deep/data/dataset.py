@@ -13,6 +13,7 @@ used (by the agents, for instance) without pulling in file formats or environmen
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, overload
@@ -558,3 +559,19 @@ def describe(dataset: OfflineDataset) -> str:
         else "segments: 0 (no transition ends an episode)",
     ]
     return "\n".join(lines)
+
+
+_DIGEST_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
+
+
+def dataset_digest(dataset: OfflineDataset) -> str:
+    """SHA-256 over the transition arrays (dtype, shape and bytes, timeouts included when
+    known): the identity a resumed run checks its data against."""
+    h = hashlib.sha256()
+    arrays = [getattr(dataset, k) for k in _DIGEST_KEYS]
+    if dataset.timeouts is not None:
+        arrays.append(dataset.timeouts)
+    for a in arrays:
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B") if a.flags.c_contiguous else a.tobytes())
+    return h.hexdigest()
