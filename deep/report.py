@@ -16,14 +16,17 @@ Written to ``--out`` (default: DIR):
 
 - ``results.md`` and ``results.json`` (strict JSON: a missing or non-finite value is ``null``):
   per cell the number of runs, of scored runs and of evaluation episodes, the mean ± std of
-  the final score over seeds, its IQM and mean with 95% stratified-bootstrap CIs, and the
-  return; per algorithm, over datasets (a task = a dataset, :mod:`deep.stats`): IQM, mean,
+  the final score over seeds, its IQM and mean with 95% stratified-bootstrap CIs, the
+  return, and the final critic estimate minus Monte-Carlo return (mean with its CI, and the
+  number of runs that over-estimate); per algorithm, over datasets (a task = a dataset, :mod:`deep.stats`): IQM, mean,
   median and optimality gap with CIs; the probability that each algorithm improves on each
   other one (on the datasets both have scores for); the conservative-value diagnostic
   ``Q(s₀, π(s₀)) − Σ γᵗ rₜ`` (critic estimate minus Monte-Carlo return, ``> 0``:
   over-estimation) per algorithm, mean over datasets with its CI;
 - ``intervals.png`` (aggregate scores with CIs), ``profiles.png`` (fraction of runs above τ,
-  with CI bands), ``training.png`` (mean score over training per dataset, CI band over seeds).
+  with CI bands), ``training.png`` (mean score over training per dataset, CI band over seeds),
+  ``values.png`` (per dataset, each algorithm's critic estimate and the Monte-Carlo return of
+  its policy over training).
 
 Runs whose score is null (a dataset without reference scores, or a run that never evaluated)
 stay in the tables: counted per cell as ``null`` and listed, never averaged in.
@@ -56,8 +59,11 @@ RESULTS_JSON = "results.json"
 INTERVALS_PNG = "intervals.png"
 PROFILES_PNG = "profiles.png"
 TRAINING_PNG = "training.png"
+VALUES_PNG = "values.png"
 
 SCORE_KEY = "eval/normalized_score"
+Q_KEY = "eval/q_estimate"
+MC_KEY = "eval/mc_return"
 
 # Train options that say where or how a run ran, not what it computed: never part of a label.
 _NOT_SETTINGS = frozenset(
@@ -222,6 +228,7 @@ def summarize(
     for (dataset, label), group in cells.items():
         x = _scores(group)
         returns = np.array([r.return_mean for r in group if r.return_mean is not None])
+        gaps = np.array([r.q_minus_mc for r in group if r.q_minus_mc is not None])
         episodes = sorted({r.eval_episodes for r in group if r.eval_episodes is not None})
         row: dict[str, Any] = {
             "dataset": dataset,
@@ -238,7 +245,14 @@ def summarize(
             "score_mean_ci": None,
             "return_mean": float(returns.mean()) if returns.size else None,
             "return_std": _std(returns),
+            "q_minus_mc": None,
+            "q_above_mc": int((gaps > 0).sum()),
+            "q_minus_mc_runs": int(gaps.size),
         }
+        if gaps.size:
+            row["q_minus_mc"] = _interval(
+                stats.interval_estimate(gaps, stats.mean_statistic, rng, reps, confidence)
+            )
         if x.size:
             row["score_iqm"] = _interval(
                 stats.interval_estimate(x, stats.iqm_statistic, rng, reps, confidence)
@@ -289,9 +303,9 @@ def summarize(
     for label in labels:
         per_dataset = {}
         for d in datasets:
-            gaps = [r.q_minus_mc for r in cells.get((d, label), []) if r.q_minus_mc is not None]
-            if gaps:
-                per_dataset[d] = np.array(gaps)
+            found = [r.q_minus_mc for r in cells.get((d, label), []) if r.q_minus_mc is not None]
+            if found:
+                per_dataset[d] = np.array(found)
         est = (
             stats.interval_estimate(
                 list(per_dataset.values()), stats.mean_statistic, rng, reps, confidence
@@ -377,16 +391,17 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         "## Per dataset and algorithm (final score over seeds)",
         "",
         f"| dataset | algorithm | runs | null | eval episodes | mean ± std | IQM [{pct} CI] "
-        f"| mean [{pct} CI] | return mean ± std |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| mean [{pct} CI] | return mean ± std | Q − MC [{pct} CI] | runs with Q > MC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["cells"]:
         ms = f"{_num(row['score_mean'])} ± {_num(row['score_std'])}"
         rs = f"{_num(row['return_mean'])} ± {_num(row['return_std'])}"
+        above = f"{row['q_above_mc']}/{row['q_minus_mc_runs']}" if row["q_minus_mc_runs"] else "–"
         lines.append(
             f"| {row['dataset']} | {row['algorithm']} | {row['runs']} | {row['null']} "
             f"| {row['eval_episodes']} | {ms} | {_ci(row['score_iqm'])} "
-            f"| {_ci(row['score_mean_ci'])} | {rs} |"
+            f"| {_ci(row['score_mean_ci'])} | {rs} | {_ci(row['q_minus_mc'])} | {above} |"
         )
     lines += [
         "",
@@ -491,29 +506,35 @@ def _plot_profiles(runs: Sequence[Run], results: Mapping[str, Any], out: Path) -
     return out
 
 
-def _curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
+def _curve(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
     path = run.path / METRICS_NAME
     if not path.exists():
         return np.zeros(0), np.zeros(0)
     metrics = read_metrics(path)
-    if SCORE_KEY not in metrics or "step" not in metrics:
+    if key not in metrics or "step" not in metrics:
         return np.zeros(0), np.zeros(0)
-    y = metrics[SCORE_KEY]
+    y = metrics[key]
     keep = np.isfinite(y)
     return metrics["step"][keep], y[keep]
 
 
 def training_curves(
-    runs: Sequence[Run], seed: int = 0, reps: int = stats.REPS, confidence: float = stats.CONFIDENCE
+    runs: Sequence[Run],
+    seed: int = 0,
+    reps: int = stats.REPS,
+    confidence: float = stats.CONFIDENCE,
+    key: str = SCORE_KEY,
 ) -> dict[tuple[str, str], dict[str, np.ndarray]]:
-    """Per cell: evaluation steps and the mean score over seeds with its bootstrap CI there.
+    """Per cell: evaluation steps and the mean of metric ``key`` (default: the score) over
+    seeds with its bootstrap CI there.
 
-    Returns (dataset, label) -> {"step", "mean", "low", "high", "runs"} arrays of one length.
+    Returns (dataset, label) -> {"step", "mean", "low", "high", "runs"} arrays of one length;
+    a cell none of whose runs logged ``key`` is left out.
     """
     rng = np.random.default_rng(seed)
     out = {}
-    for key, group in _cells(runs).items():
-        curves = [_curve(r) for r in group]
+    for cell, group in _cells(runs).items():
+        curves = [_curve(r, key) for r in group]
         steps = np.unique(np.concatenate([s for s, _ in curves])) if curves else np.zeros(0)
         rows: dict[str, list[float]] = {k: [] for k in ("step", "mean", "low", "high", "runs")}
         for step in steps:
@@ -522,7 +543,7 @@ def training_curves(
             for k, v in zip(rows, (step, est.point, est.low, est.high, x.size), strict=True):
                 rows[k].append(float(v))
         if rows["step"]:
-            out[key] = {k: np.array(v) for k, v in rows.items()}
+            out[cell] = {k: np.array(v) for k, v in rows.items()}
     return out
 
 
@@ -548,6 +569,44 @@ def _plot_training(
         ax.set(title=d, xlabel="gradient step", ylabel="normalised score (mean over seeds)")
         ax.legend(fontsize="small")
     fig.suptitle("evaluation score over training: mean over seeds, bootstrap CI band")
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def _plot_values(
+    q: Mapping[tuple[str, str], Mapping[str, np.ndarray]],
+    mc: Mapping[tuple[str, str], Mapping[str, np.ndarray]],
+    labels: Sequence[str],
+    out: Path,
+) -> Path | None:
+    """Per dataset: each algorithm's critic estimate Q(s₀, π(s₀)) (solid) and the Monte-Carlo
+    return of its policy from the same start states (dashed) over training."""
+    from matplotlib.figure import Figure
+
+    datasets = sorted({d for d, _ in q})
+    if not datasets:
+        return None
+    fig = Figure(figsize=(max(7.0, 5.0 * len(datasets)), 4.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(datasets), squeeze=False)[0])
+    for ax, d in zip(axes, datasets, strict=True):
+        for i, label in enumerate(labels):
+            for curves, style, name in ((q, "-", "Q"), (mc, "--", "MC")):
+                c = curves.get((d, label))
+                if c is None or (d, label) not in q:
+                    continue
+                ax.plot(
+                    c["step"],
+                    c["mean"],
+                    style,
+                    marker="o",
+                    ms=3,
+                    color=f"C{i}",
+                    label=f"{label} {name}",
+                )
+                ax.fill_between(c["step"], c["low"], c["high"], color=f"C{i}", alpha=0.15)
+        ax.set(title=d, xlabel="gradient step", ylabel="discounted return from s₀")
+        ax.legend(fontsize="small")
+    fig.suptitle("Q(s₀, π(s₀)) solid, Monte-Carlo return dashed (mean over seeds, CI band)")
     fig.savefig(out, dpi=100)
     return out
 
@@ -583,6 +642,12 @@ def report(
                 training_curves(runs, seed, reps, confidence),
                 results["algorithms"],
                 out_dir / TRAINING_PNG,
+            ),
+            _plot_values(
+                training_curves(runs, seed, reps, confidence, key=Q_KEY),
+                training_curves(runs, seed, reps, confidence, key=MC_KEY),
+                results["algorithms"],
+                out_dir / VALUES_PNG,
             ),
         ]
         results["plots"] = [p.name for p in written if p is not None]

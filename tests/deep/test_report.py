@@ -47,11 +47,15 @@ def make_run(
     (path / "config.json").write_text(json.dumps({"train": train}))
     with open(path / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["step", "loss/q1", "eval/normalized_score"])
-        w.writerow([50, 1.0, ""])
-        w.writerow([100, 0.5, "" if score is None else score / 2])
-        w.writerow([150, 0.4, ""])
-        w.writerow([200, 0.3, "" if score is None else score])
+        w.writerow(
+            ["step", "loss/q1", "eval/normalized_score", "eval/q_estimate", "eval/mc_return"]
+        )
+        half = "" if score is None else score / 2
+        q_half, q_end = ("", "") if q is None else (q / 2, q)
+        w.writerow([50, 1.0, "", "", ""])
+        w.writerow([100, 0.5, half, q_half, mc / 2 if mc is not None else ""])
+        w.writerow([150, 0.4, "", "", ""])
+        w.writerow([200, 0.3, "" if score is None else score, q_end, "" if mc is None else mc])
 
 
 @pytest.fixture
@@ -98,6 +102,11 @@ def test_report_tables(runs_root: Path) -> None:
     # Q - MC: cql runs 10+seed - 3 on both datasets; bc has no critic estimate.
     assert results["q_minus_mc"]["cql"]["q_minus_mc"]["point"] == pytest.approx(8.0)
     assert results["q_minus_mc"]["bc"]["q_minus_mc"] is None
+    # ... and per cell, with the count of over-estimating runs (all three: 10+seed > 3).
+    c = cells[("pendulum-medium", "cql")]
+    assert c["q_minus_mc"]["point"] == pytest.approx(8.0)
+    assert (c["q_above_mc"], c["q_minus_mc_runs"]) == (3, 3)
+    assert cells[("pendulum-medium", "bc")]["q_minus_mc"] is None
 
     text = (runs_root / "results.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
@@ -105,9 +114,14 @@ def test_report_tables(runs_root: Path) -> None:
     md = (runs_root / "results.md").read_text()
     assert "| pendulum-medium | cql | 3 | 0 | 5 | 50.0 ± 10.0 |" in md
     assert "Runs without a score" in md
-    for png in (report.INTERVALS_PNG, report.PROFILES_PNG, report.TRAINING_PNG):
+    rows = {tuple(line.split(" | ")[:2]): line for line in md.splitlines() if line.count("|") > 9}
+    assert rows[("| pendulum-medium", "cql")].endswith(" | 3/3 |")
+    assert " | 8.0 [" in rows[("| pendulum-medium", "cql")]
+    assert rows[("| pendulum-medium", "bc")].endswith(" | null | – |")
+    pngs = [report.INTERVALS_PNG, report.PROFILES_PNG, report.TRAINING_PNG, report.VALUES_PNG]
+    for png in pngs:
         assert (runs_root / png).stat().st_size > 1000
-    assert results["plots"] == [report.INTERVALS_PNG, report.PROFILES_PNG, report.TRAINING_PNG]
+    assert results["plots"] == pngs
 
 
 def test_training_curves(runs_root: Path) -> None:
@@ -118,6 +132,10 @@ def test_training_curves(runs_root: Path) -> None:
     np.testing.assert_allclose(c["mean"], [25.0, 50.0])
     assert (c["low"] <= c["mean"]).all() and (c["mean"] <= c["high"]).all()
     np.testing.assert_array_equal(curves[("cartpole-medium", "bc")]["runs"], [2, 2])
+    # Any logged metric: the critic's estimate over training (bc logs none, so has no curve).
+    q = report.training_curves(runs, reps=200, key=report.Q_KEY)
+    np.testing.assert_allclose(q[("pendulum-medium", "cql")]["mean"], [5.5, 11.0])
+    assert ("pendulum-medium", "bc") not in q
 
 
 def test_labels_name_the_settings_that_vary(tmp_path: Path) -> None:
