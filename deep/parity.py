@@ -49,7 +49,9 @@ ours (``CQLConfig`` / ``RunConfig``)  d3rlpy (``CQLConfig``)
                                    without a gradient once the weight is fixed)
 ``cql_n_actions``                  ``n_action_samples`` (N uniform, N π(·|s), N π(·|s'),
                                    all scored at s, as ours)
-``backup_entropy``                 ``soft_q_backup``
+``backup_entropy``,                ``soft_q_backup`` (True: a sample a' and the entropy
+``backup_action``                  term, as ours with ``backup_entropy``; False: the mean
+                                   action, as ours with ``backup_action="mean"``)
 ``max_q_backup`` (max-of-min)      ``max_q_backup`` (d3rlpy's is max_j min_i)
 ``batch_size``, ``steps``          ``batch_size``, ``n_steps``
 ``normalize_obs``                  ``observation_scaler=StandardObservationScaler(mean,
@@ -69,7 +71,8 @@ What cannot be matched (read from d3rlpy 2.8.1's ``algos/qlearning/torch/cql_imp
 ``sac_impl.py``, ``ddpg_impl.py``, ``dataset/``)
 --------------------------------------------------------------------------------------
 1. Backup action: d3rlpy's target (``soft_q_backup=False``) is min_i Q̄_i(s', tanh(μ(s'))),
-   at the policy's mean action; ours at one sample a' ~ π(·|s').
+   at the policy's mean action; ours by default at one sample a' ~ π(·|s') without the
+   entropy term, which d3rlpy has no setting for (``--backup-action mean`` matches d3rlpy).
 2. Data: ``MDPDataset`` stores observations per step, not next observations, so the last
    transition of every episode that ends in a timeout has no s' and is dropped (Pendulum:
    1 of each 200; 0.5% of the data). Terminal episodes keep every transition (s' zeroed,
@@ -112,7 +115,7 @@ import tyro
 from deep import envs, stats
 from deep.algos import CQLConfig
 from deep.cli import main_guard
-from deep.config import RunConfig, TrainConfig, config_to_dict, make_config
+from deep.config import RunConfig, TrainConfig, config_from_dict, config_to_dict, make_config
 from deep.data import ObservationNormalizer, OfflineDataset, load_dataset
 from deep.demo import DemoConfig
 from deep.evaluate import evaluate_checkpoint
@@ -195,6 +198,9 @@ class ParityConfig:
     cql_n_actions: int = _CQL.cql_n_actions
     """Sampled actions per group (uniform, π(·|s), π(·|s'))."""
 
+    backup_action: Literal["sample", "mean"] = _CQL.backup_action
+    """Our TD target's action at s' (``CQLConfig.backup_action``); "mean" is d3rlpy's."""
+
     critic_lr: float = _CQL.critic_lr
     """Adam learning rate of the critics."""
 
@@ -259,6 +265,7 @@ def our_config(p: ParityConfig, seed: int, out: Path) -> TrainConfig[Any]:
         target_tau=p.target_tau,
         cql_weight=p.cql_weight,
         cql_n_actions=p.cql_n_actions,
+        backup_action=p.backup_action,
         critic_lr=p.critic_lr,
         actor_lr=p.actor_lr,
         entropy_lr=p.entropy_lr,
@@ -400,7 +407,14 @@ def _read_result(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | Non
     if not path.exists():
         return None
     result: dict[str, Any] = json.loads(path.read_text())
-    if result.get("settings") != settings:
+    saved = result.get("settings")
+    if isinstance(saved, dict):
+        # A setting added after the seed was run had its default value then.
+        saved = {
+            **{k: v for k, v in settings_dict(ParityConfig()).items() if k not in saved},
+            **saved,
+        }
+    if saved != settings:
         raise ValueError(
             f"{path} was made with other settings ({result.get('settings')}); "
             "choose another --out, or delete that seed's folder to redo it"
@@ -430,7 +444,9 @@ def train_ours(p: ParityConfig, seed: int, root: Path) -> dict[str, Any]:
     config = our_config(p, seed, folder)
     start = time.perf_counter()
     if (folder / CONFIG_NAME).exists():
-        saved = json.loads((folder / CONFIG_NAME).read_text())
+        raw = json.loads((folder / CONFIG_NAME).read_text())
+        # Read back through the run reader: a field added since then takes its default.
+        saved = config_to_dict(config_from_dict(raw["train"], raw["agent"], str(folder)))
         wanted = config_to_dict(config)
         changed = sorted(
             f"{part}.{key}"

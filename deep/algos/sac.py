@@ -93,6 +93,10 @@ class SACConfig:
     """Target entropy H̄ of the automatic tuning; None means −|A| (−act_dim)."""
     backup_entropy: bool = False
     """Include −α log π(a'|s') in the TD target (soft backup). CQL's default leaves it out."""
+    backup_action: Literal["sample", "mean"] = "sample"
+    """The action a' at which the TD target reads Q̄(s', a'): "sample", one a' ~ π(·|s') (the
+    official CQL code, CORL); "mean", the policy's mean action tanh(μ(s')) (d3rlpy's CQL
+    without soft backup). "mean" takes no entropy term and no max-Q backup."""
     max_q_backup: bool = False
     """Back up the max of the target Q over ``backup_n_actions`` policy samples at s'."""
     backup_n_actions: int = 10
@@ -201,6 +205,13 @@ class OfflineSAC(AgentBase):
             raise ValueError(f"target_tau must be in (0, 1], got {cfg.target_tau}")
         if cfg.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
+        if cfg.backup_action not in ("sample", "mean"):
+            raise ValueError(f"backup_action must be 'sample' or 'mean', got {cfg.backup_action!r}")
+        if cfg.backup_action == "mean" and (cfg.backup_entropy or cfg.max_q_backup):
+            raise ValueError(
+                "backup_action='mean' backs up one deterministic action: it has no log π for "
+                "backup_entropy and no samples for max_q_backup; turn those off or use 'sample'"
+            )
         if cfg.n_critics < 1 or cfg.backup_n_actions < 1 or cfg.bc_steps < 0:
             raise ValueError(
                 "n_critics and backup_n_actions must be >= 1 and bc_steps >= 0, got "
@@ -262,13 +273,18 @@ class OfflineSAC(AgentBase):
     def _td_target(self, batch: Batch, policy: PolicyAt, draws: SACDraws) -> Tensor:
         """y = r' + γ (1 − done) [Q̄(s', a') − α log π(a'|s')·backup_entropy], (B,), no grad.
 
-        Q̄ is the minimum over the target critics at one a' ~ π(·|s'), or with the max-Q
-        backup the maximum over n_b samples (:func:`~deep.losses.max_q_backup`)."""
+        Q̄ is the minimum over the target critics at one a' ~ π(·|s') (at tanh(μ(s')) with
+        ``backup_action="mean"``), or with the max-Q backup the maximum over n_b samples
+        (:func:`~deep.losses.max_q_backup`). The backup noise is drawn either way, so both
+        backups see the same random numbers everywhere else."""
         cfg = self.config
         reward = cfg.reward_scale * batch.rewards + cfg.reward_bias
         with torch.no_grad():
+            noise = draws.next_noise
+            if cfg.backup_action == "mean":
+                noise = torch.zeros_like(noise)
             next_act, next_logp = tanh_gaussian_from_noise(
-                policy.next_mean, policy.next_log_std, draws.next_noise
+                policy.next_mean, policy.next_log_std, noise
             )  # (B, n_b, d), (B, n_b)
             target_q = self.target_critic(batch.next_observations, next_act)  # (E, B, n_b)
             if cfg.max_q_backup:

@@ -257,6 +257,28 @@ def test_max_q_backup_scores_n_next_actions_with_the_target_critic() -> None:
     assert seen == [(2, B, 7)]
 
 
+@pytest.mark.parametrize("name", ["sac", "cql"])
+def test_mean_backup_reads_the_target_at_the_policy_mean(name: str) -> None:
+    agent = build(name, backup_action="mean")
+    batch = continuous_batch(3)
+    seen: list[torch.Tensor] = []
+    agent.target_critic.register_forward_hook(lambda m, args, out: seen.append(args[1]))  # type: ignore[attr-defined]
+    with torch.no_grad():
+        next_mean, _ = agent.actor(batch.next_observations)  # type: ignore[attr-defined]
+    agent.update(batch)
+    (act,) = seen
+    torch.testing.assert_close(act, torch.tanh(next_mean).unsqueeze(1))
+    # The default samples: same random numbers, another a'.
+    sampled = build(name)
+    seen.clear()
+    sampled.target_critic.register_forward_hook(lambda m, args, out: seen.append(args[1]))  # type: ignore[attr-defined]
+    sampled.update(batch)
+    assert not torch.allclose(seen[0], act)
+    for bad in ({"backup_entropy": True}, {"max_q_backup": True}):
+        with pytest.raises(ValueError, match="backup_action='mean'"):
+            build(name, backup_action="mean", **bad)
+
+
 def test_reward_scale_and_bias_enter_the_target() -> None:
     # γ = 0: y = scale·r + bias exactly
     agent = build("cql", gamma=0.0, reward_scale=2.0, reward_bias=-1.0)

@@ -89,6 +89,16 @@ def test_without_d3rlpy_our_side_runs(
     assert parity.main([*args, "--gamma", "0.9"]) == 2
     assert "other settings" in capsys.readouterr().err
 
+    # A seed finished before a setting existed had its default: still read, not redone...
+    path = out / "ours" / "seed5" / parity.RESULT_NAME
+    old = json.loads(path.read_text())
+    del old["settings"]["backup_action"]
+    path.write_text(json.dumps(old))
+    assert parity.main([*args, "--train"]) == 0
+    # ... and another value of it is other settings.
+    assert parity.main([*args, "--train", "--backup-action", "mean"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
 
 def test_translation_field_by_field() -> None:
     pytest.importorskip("d3rlpy")
