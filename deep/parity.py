@@ -7,14 +7,19 @@ start states.
     python -m deep.parity --seeds 100 101 --peer none          # our side only
     python -m deep.parity --seeds 100 101 --train d3rlpy       # train one side in this process
     python -m deep.parity --seeds 100 101 --train              # only rewrite the table
+    python -m deep.parity --seeds 100 101 102 --workers 2      # two runs at once, on Ray
+    python -m deep.parity --seeds 100 101 102 --address auto   # on a Ray cluster
 
 For every seed, our CQL is trained by :func:`deep.train.run` and d3rlpy's
 (``d3rlpy.algos.CQLConfig``) by its own ``fitter``, with the same settings (by default the
 demo's: :class:`deep.demo.DemoConfig`), the same transitions, the same number of updates and
-the same batch size. Both final policies (deterministic: tanh of the actor's mean; d3rlpy's
-``algo.predict``) are then run by :func:`deep.envs.evaluate` on the same ``--final-episodes``
-episodes, seeded ``eval_seed(seed, steps)`` (the seeds of our run's own last evaluation), and
-normalised by :func:`deep.envs.normalized_score`.
+the same batch size. Each (side, seed) run is one call placed by :func:`deep.sweep.map_calls`
+as the sweep tool places its trials: in this process by default, or as Ray tasks on
+``--workers`` local CPUs or on the cluster at ``--address``. Both final policies
+(deterministic: tanh of the actor's mean; d3rlpy's ``algo.predict``) are then run by
+:func:`deep.envs.evaluate` on the same ``--final-episodes`` episodes, seeded
+``eval_seed(seed, steps)`` (the seeds of our run's own last evaluation), and normalised by
+:func:`deep.envs.normalized_score`.
 
 Written to ``--out``: ``ours/seed<k>/`` (a :mod:`deep.train` run folder) and
 ``d3rlpy/seed<k>/`` (``model.d3``, d3rlpy's own file), each with ``parity.json`` (the seed's
@@ -122,6 +127,7 @@ from deep.evaluate import evaluate_checkpoint
 from deep.evaluation import critic_units_return, eval_seed
 from deep.files import atomic_write_text
 from deep.runlog import write_json
+from deep.sweep import SweepError, map_calls, one_line
 from deep.train import CHECKPOINT_NAME, CONFIG_NAME, run
 
 __all__ = [
@@ -223,10 +229,18 @@ class ParityConfig:
     bootstrap_seed: int = 0
     """Seed of the bootstrap resamples of the tables."""
 
+    workers: int = 1
+    """Runs trained at once, each a Ray task as ``deep.sweep``'s trials (one CPU, one torch
+    thread each); 1 (and no ``--address``): one after the other in this process, no Ray."""
+
+    address: str | None = None
+    """Ray cluster to run on (as ``deep.sweep --address``; also ``RAY_ADDRESS``); its nodes
+    need this package, d3rlpy, and ``--out`` on shared storage."""
+
 
 def settings_dict(p: ParityConfig) -> dict[str, Any]:
     """The settings a seed's result depends on (a finished seed with other settings is refused)."""
-    skip = {"seeds", "out", "peer", "train", "bootstrap_seed"}
+    skip = {"seeds", "out", "peer", "train", "bootstrap_seed", "workers", "address"}
     return {
         k: list(v) if isinstance(v, tuple) else v
         for k, v in dataclasses.asdict(p).items()
@@ -270,6 +284,17 @@ def our_config(p: ParityConfig, seed: int, out: Path) -> TrainConfig[Any]:
         actor_lr=p.actor_lr,
         entropy_lr=p.entropy_lr,
     )
+
+
+def train_side(p: ParityConfig, side: Side, seed: int, root: str) -> tuple[dict[str, Any], float]:
+    """One seed of one side (:func:`train_ours` or :func:`train_d3rlpy`, which reads the
+    dataset itself) and its seconds: the unit :func:`deep.sweep.map_calls` places."""
+    start = time.perf_counter()
+    if side == "ours":
+        result = train_ours(p, seed, Path(root))
+    else:
+        result = train_d3rlpy(p, seed, Path(root), load_dataset(p.dataset))
+    return result, time.perf_counter() - start
 
 
 def import_d3rlpy() -> Any:
@@ -755,7 +780,7 @@ def _check(p: ParityConfig) -> None:
         raise ValueError("--seeds: give at least one seed")
     if len(set(p.seeds)) != len(p.seeds):
         raise ValueError(f"--seeds has repeated seeds: {list(p.seeds)}")
-    for name in ("steps", "final_episodes", "batch_size", "eval_every", "eval_episodes"):
+    for name in ("steps", "final_episodes", "batch_size", "eval_every", "eval_episodes", "workers"):
         if getattr(p, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(p, name)}")
 
@@ -781,24 +806,30 @@ def _main(argv: list[str]) -> int:
     sides = [s for s in p.train if s == "ours" or peer != "none"]
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "settings.json", settings_dict(p))
-    dataset = load_dataset(p.dataset) if "d3rlpy" in sides else None
-    for seed in p.seeds:
-        for side in sides:
-            start = time.perf_counter()
-            if side == "ours":
-                result = train_ours(p, seed, root)
-            else:
-                assert dataset is not None
-                result = train_d3rlpy(p, seed, root, dataset)
+    calls = [(p, side, seed, str(root.resolve())) for seed in p.seeds for side in sides]
+    failed = 0
+    try:
+        for i, outcome in map_calls(train_side, calls, p.workers, p.address):
+            _, side, seed, _ = calls[i]
+            if isinstance(outcome, BaseException):  # a Ray task's error
+                failed += 1
+                print(f"{side:>6} seed {seed}: failed: {one_line(str(outcome))}", flush=True)
+                continue
+            result, seconds = outcome
             print(
                 f"{side:>6} seed {seed}: normalised score {result['normalized_score']:.1f} "
-                f"({time.perf_counter() - start:.0f} s)",
+                f"({seconds:.0f} s)",
                 flush=True,
             )
+    except SweepError as e:
+        raise ValueError(str(e)) from None
     text = write_results(p, root)
     print()
     print(text, end="")
     print(f"Wrote {root}/results.md and results.json")
+    if failed:
+        print(f"{failed} of {len(calls)} runs failed; run the same command again to redo them")
+        return 1
     return 0
 
 

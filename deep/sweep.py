@@ -67,7 +67,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -632,14 +632,29 @@ def _exit_with_parent(poll_seconds: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-raylet", daemon=True).start()
 
 
-def _run_trial_on_ray(trial: Trial, root: str) -> TrialResult:
-    """The Ray task: :func:`run_trial` in a worker that dies with its raylet; an error outside
-    training (deep.train reports its own) comes back as a failed result, not a traceback."""
-    _exit_with_parent()
+def _run_trial_safely(trial: Trial, root: str) -> TrialResult:
+    """:func:`run_trial`; an error outside training (deep.train reports its own) comes back
+    as a failed result, not a traceback."""
     try:
         return run_trial(trial, root)
     except Exception as e:
         return TrialResult(trial.name, "failed", 1, f"{type(e).__name__}: {e}")
+
+
+def _ray_task(fn: Callable[..., Any], *args: Any) -> Any:
+    """What every Ray task runs: ``fn(*args)`` in a worker that dies with its raylet."""
+    _exit_with_parent()
+    return fn(*args)
+
+
+def require_ray() -> None:
+    """SweepError naming the install command when Ray does not import."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise SweepError(
+            f"Ray is not installed: {INSTALL_HINT} (or run in this process with --workers 1)"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -671,22 +686,60 @@ def _ray_session(workers: int | None, address: str | None, cpus: int, gpus: floa
         ray.shutdown()
 
 
-def _ray_results(
-    ray: Any, items: Sequence[Trial], root: Path, cpus: int, gpus: float
-) -> Iterator[TrialResult]:
-    """Every trial as a Ray task; results in the order they finish."""
-    # Ray retries a task whose worker died; the retry resumes from the trial's checkpoint.
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=2)(_run_trial_on_ray)
-    names = {task.remote(t, str(root.resolve())): t.name for t in items}
-    pending = list(names)
+def _ray_map(
+    ray: Any, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], cpus: int, gpus: float
+) -> Iterator[tuple[int, Any]]:
+    """``fn(*args)`` for every ``args`` of ``calls``, each a Ray task; ``(index, result)`` in
+    the order they finish, the exception in place of the result of a task that failed."""
+    # Ray retries a task whose worker died; a retried run resumes from its checkpoint.
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=2)(_ray_task)
+    index = {task.remote(fn, *args): i for i, args in enumerate(calls)}
+    pending = list(index)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         for ref in ready:
             try:
-                yield ray.get(ref)
-            except ray.exceptions.RayError as e:  # the worker died more often than retried
-                message = one_line(str(e)) if str(e) else type(e).__name__
-                yield TrialResult(names[ref], "failed", 1, message)
+                yield index[ref], ray.get(ref)
+            except ray.exceptions.RayError as e:  # fn raised, or its worker died too often
+                yield index[ref], e
+
+
+def _ray_results(
+    ray: Any, items: Sequence[Trial], root: Path, cpus: int, gpus: float
+) -> Iterator[TrialResult]:
+    """Every trial as a Ray task; results in the order they finish."""
+    calls = [(t, str(root.resolve())) for t in items]
+    for i, result in _ray_map(ray, _run_trial_safely, calls, cpus, gpus):
+        if isinstance(result, BaseException):
+            message = one_line(str(result)) if str(result) else type(result).__name__
+            yield TrialResult(items[i].name, "failed", 1, message)
+        else:
+            yield result
+
+
+def map_calls(
+    fn: Callable[..., Any],
+    calls: Sequence[tuple[Any, ...]],
+    workers: int = 1,
+    address: str | None = None,
+    cpus_per_call: int = 1,
+) -> Iterator[tuple[int, Any]]:
+    """``fn(*args)`` for every ``args`` of ``calls``, placed as the sweep's trials are: one
+    after the other in this process (``workers == 1``, no ``address`` nor ``RAY_ADDRESS``),
+    else as Ray tasks on a local instance of ``workers × cpus_per_call`` CPUs or on the
+    cluster at ``address``. Yields ``(index, result)`` in the order the calls finish; in
+    this process an exception propagates, on Ray it is yielded in place of the result.
+    ``fn`` and the arguments must pickle (a module-level function, plain data)."""
+    if workers < 1 or cpus_per_call < 1:
+        raise SweepError(f"workers and CPUs per call must be >= 1, got {workers}, {cpus_per_call}")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if workers == 1 and address is None:
+        for i, args in enumerate(calls):
+            yield i, fn(*args)
+        return
+    require_ray()
+    with _ray_session(None if address else workers, address, cpus_per_call, 0.0) as ray:
+        yield from _ray_map(ray, fn, calls, cpus_per_call, 0.0)
 
 
 def run_sweep(
@@ -715,12 +768,7 @@ def run_sweep(
     address = address or os.environ.get("RAY_ADDRESS") or None
     local = workers == 1 and address is None
     if not local:
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise SweepError(
-                f"Ray is not installed: {INSTALL_HINT} (or run in this process with --workers 1)"
-            ) from None
+        require_ray()
     root = Path(out)
     items = trials(spec, cpus_per_trial, "cuda" if gpus_per_trial > 0 else "cpu")
     check_folder(root, items)

@@ -100,6 +100,16 @@ def test_without_d3rlpy_our_side_runs(
     assert "other settings" in capsys.readouterr().err
 
 
+def test_runs_go_to_ray_as_the_sweep_places_trials(pendulum: Path, tmp_path: Path) -> None:
+    args = ["--dataset", str(pendulum), "--seeds", "5", "6", "--peer", "none", *TINY]
+    assert parity.main([*args, "--out", str(tmp_path / "here")]) == 0
+    assert parity.main([*args, "--out", str(tmp_path / "ray"), "--workers", "2"]) == 0
+    here, ray = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("here", "ray"))
+    # Runs are deterministic for a seed: the same scores wherever they ran.
+    assert ray["sides"]["ours"]["scores"] == here["sides"]["ours"]["scores"]
+    assert (tmp_path / "ray" / "ours" / "seed6" / parity.RESULT_NAME).is_file()
+
+
 def test_translation_field_by_field() -> None:
     pytest.importorskip("d3rlpy")
     p = parity.ParityConfig()

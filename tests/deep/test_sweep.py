@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import signal
 import subprocess
@@ -173,6 +174,18 @@ def test_without_ray(
 
 
 # ------------------------------------------------------------------------------ on Ray
+
+
+def test_map_calls_in_this_process_and_on_ray() -> None:
+    calls = [(4.0,), (-1.0,), (9.0,)]
+    assert dict(sweep.map_calls(math.sqrt, [calls[0], calls[2]])) == {0: 2.0, 1: 3.0}
+    with pytest.raises(ValueError, match="math domain error"):
+        list(sweep.map_calls(math.sqrt, calls))  # in this process an error propagates
+    on_ray = dict(sweep.map_calls(math.sqrt, calls, workers=2))
+    assert (on_ray[0], on_ray[2]) == (2.0, 3.0)
+    assert isinstance(on_ray[1], Exception) and "math domain error" in str(on_ray[1])
+    with pytest.raises(sweep.SweepError, match="must be >= 1"):
+        list(sweep.map_calls(math.sqrt, calls, workers=0))
 
 
 @pytest.fixture(scope="module")
