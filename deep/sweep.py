@@ -49,7 +49,9 @@ running the sweep again, and the folders are plain ``deep.train`` runs. Locally 
 starts on ``--workers`` × ``--cpus-per-trial`` CPUs (default: every core, one trial per core,
 one torch thread each); ``--address`` (or ``RAY_ADDRESS``) joins a cluster, whose nodes need
 this package installed and the sweep folder on shared storage. ``--workers 1`` without an
-address runs the trials one after the other in this process and needs no Ray.
+address runs the trials one after the other in this process and needs no Ray. Ray starts its
+workers at niceness 15: on a machine busy with other work, the trials get what that work
+leaves (and their ``steps_per_second`` shows it).
 
 All knowledge of the ``deep.train`` command line is in :func:`trial_argv` and
 :func:`resume_argv`.
