@@ -605,6 +605,11 @@ def _plot_values(
                 )
                 ax.fill_between(c["step"], c["low"], c["high"], color=f"C{i}", alpha=0.15)
         ax.set(title=d, xlabel="gradient step", ylabel="discounted return from s₀")
+        returns = [np.abs(c["mean"]).max() for (dd, _), c in mc.items() if dd == d]
+        estimates = [np.abs(c["high"]).max() for (dd, _), c in q.items() if dd == d]
+        scale = max(returns, default=1.0) or 1.0
+        if max(estimates, default=0.0) > 10 * scale:  # a diverging critic: keep MC readable
+            ax.set_yscale("symlog", linthresh=scale)
         ax.legend(fontsize="small")
     fig.suptitle("Q(s₀, π(s₀)) solid, Monte-Carlo return dashed (mean over seeds, CI band)")
     fig.savefig(out, dpi=100)
