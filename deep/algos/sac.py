@@ -96,7 +96,15 @@ class SACConfig:
     backup_action: Literal["sample", "mean"] = "sample"
     """The action a' at which the TD target reads Q̄(s', a'): "sample", one a' ~ π(·|s') (the
     official CQL code, CORL); "mean", the policy's mean action tanh(μ(s')) (d3rlpy's CQL
-    without soft backup). "mean" takes no entropy term and no max-Q backup."""
+    without soft backup). "mean" takes no entropy term and no max-Q backup.
+
+    Measured with CQL (``python -m deep.parity --backup-action {mean,sample} --peer none``):
+    on pendulum-medium at the demo's settings, seeds 200-203, 200 final episodes, "mean"
+    scored 65.9 ± 7.8 vs 62.5 ± 7.4, ahead on all 4 paired seeds (paired difference +3.4,
+    95% bootstrap CI [1.9, 4.9]), and its Q(s₀) − MC was −3.9 vs −7.3. The default stays
+    "sample": it is what the official code, CORL and D4RL's CQL numbers use, and on
+    hopper-medium-replay our "sample" CQL is not behind d3rlpy's "mean" one (README, How it
+    compares); "mean" has not been measured on locomotion."""
     max_q_backup: bool = False
     """Back up the max of the target Q over ``backup_n_actions`` policy samples at s'."""
     backup_n_actions: int = 10
