@@ -547,11 +547,8 @@ def training_curves(
     return out
 
 
-def _plot_training(
-    curves: Mapping[tuple[str, str], Mapping[str, np.ndarray]],
-    labels: Sequence[str],
-    out: Path,
-) -> Path | None:
+def _dataset_panels(curves: Mapping[tuple[str, str], Any]) -> tuple[Any, dict[str, Any]] | None:
+    """A figure with one panel per dataset of ``curves`` (dataset -> axes); None without any."""
     from matplotlib.figure import Figure
 
     datasets = sorted({d for d, _ in curves})
@@ -559,7 +556,19 @@ def _plot_training(
         return None
     fig = Figure(figsize=(max(7.0, 5.0 * len(datasets)), 4.5), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(datasets), squeeze=False)[0])
-    for ax, d in zip(axes, datasets, strict=True):
+    return fig, dict(zip(datasets, axes, strict=True))
+
+
+def _plot_training(
+    curves: Mapping[tuple[str, str], Mapping[str, np.ndarray]],
+    labels: Sequence[str],
+    out: Path,
+) -> Path | None:
+    panels = _dataset_panels(curves)
+    if panels is None:
+        return None
+    fig, axes = panels
+    for d, ax in axes.items():
         for i, label in enumerate(labels):
             c = curves.get((d, label))
             if c is None:
@@ -581,14 +590,11 @@ def _plot_values(
 ) -> Path | None:
     """Per dataset: each algorithm's critic estimate Q(s₀, π(s₀)) (solid) and the Monte-Carlo
     return of its policy from the same start states (dashed) over training."""
-    from matplotlib.figure import Figure
-
-    datasets = sorted({d for d, _ in q})
-    if not datasets:
+    panels = _dataset_panels(q)
+    if panels is None:
         return None
-    fig = Figure(figsize=(max(7.0, 5.0 * len(datasets)), 4.5), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(datasets), squeeze=False)[0])
-    for ax, d in zip(axes, datasets, strict=True):
+    fig, axes = panels
+    for d, ax in axes.items():
         for i, label in enumerate(labels):
             for curves, style, name in ((q, "-", "Q"), (mc, "--", "MC")):
                 c = curves.get((d, label))
