@@ -18,8 +18,11 @@ Written to ``--out`` (default: DIR):
   per cell the number of runs, of scored runs and of evaluation episodes, the mean ± std of
   the final score over seeds, its IQM and mean with 95% stratified-bootstrap CIs, the
   return, and the final critic estimate minus Monte-Carlo return (mean with its CI, and the
-  number of runs that over-estimate); per algorithm, over datasets (a task = a dataset, :mod:`deep.stats`): IQM, mean,
-  median and optimality gap with CIs; the probability that each algorithm improves on each
+  number of runs that over-estimate); per pair of cells of one algo on one dataset whose
+  settings differ (an ablation), the score difference seed by seed on their common seeds, its
+  mean with a bootstrap CI over seeds and how many seeds the first is ahead on; per algorithm,
+  over datasets (a task = a dataset, :mod:`deep.stats`): IQM, mean, median and optimality gap
+  with CIs; the probability that each algorithm improves on each
   other one (on the datasets both have scores for); the conservative-value diagnostic
   ``Q(s₀, π(s₀)) − Σ γᵗ rₜ`` (critic estimate minus Monte-Carlo return, ``> 0``:
   over-estimation) per algorithm, mean over datasets with its CI;
@@ -113,19 +116,15 @@ def _read_json(path: Path) -> Any:
 
 
 def _settings(run_dir: Path) -> dict[str, Any]:
-    """The run's settings: those a sweep gave it (``../.sweep/<run>.json``), else those of
-    its ``config.json`` (the agent's config, and the run options it does not have)."""
-    try:
-        trial = _read_json(run_dir.parent / SWEEP_META_DIR / f"{run_dir.name}.json")
-        if isinstance(trial, dict) and isinstance(trial.get("settings"), dict):
-            return {k: v for k, v in trial["settings"].items() if k not in _NOT_SETTINGS}
-    except (OSError, ValueError):
-        pass
+    """The run's settings: those of its ``config.json`` (the agent's config, and the run
+    options it does not have), with those a sweep gave it (``../.sweep/<run>.json``) on top.
+    So a setting one sweep set and another left at its default reads as that default in both,
+    and runs of different sweeps compare."""
+    out: dict[str, Any] = {}
     try:
         config = _read_json(run_dir / CONFIG_NAME)
     except (OSError, ValueError):
-        return {}
-    out: dict[str, Any] = {}
+        config = None
     if isinstance(config, dict):
         for key in ("agent", "train"):
             section = config.get(key)
@@ -133,6 +132,12 @@ def _settings(run_dir: Path) -> dict[str, Any]:
                 for k, v in section.items():
                     if k not in _NOT_SETTINGS:
                         out.setdefault(k, v)
+    try:
+        trial = _read_json(run_dir.parent / SWEEP_META_DIR / f"{run_dir.name}.json")
+    except (OSError, ValueError):
+        trial = None
+    if isinstance(trial, dict) and isinstance(trial.get("settings"), dict):
+        out.update({k: v for k, v in trial["settings"].items() if k not in _NOT_SETTINGS})
     return out
 
 
@@ -177,7 +182,11 @@ def find_runs(root: str | Path) -> list[Run]:
 
 
 def _label(runs: Sequence[Run]) -> None:
-    """``algo`` plus ``key=value`` for each setting that differs between that algo's runs."""
+    """``algo`` plus ``key=value`` for each setting that differs between that algo's runs.
+
+    A setting missing from a run (its config was written before the setting existed) is no
+    difference: it counts only among the runs that have it, and is left out of that run's label.
+    """
     by_algo: dict[str, list[Run]] = {}
     for r in runs:
         by_algo.setdefault(r.algo, []).append(r)
@@ -186,10 +195,11 @@ def _label(runs: Sequence[Run]) -> None:
         varying = [
             k
             for k in keys
-            if len({json.dumps(r.settings.get(k), sort_keys=True) for r in group}) > 1
+            if len({json.dumps(r.settings[k], sort_keys=True) for r in group if k in r.settings})
+            > 1
         ]
         for r in group:
-            parts = [f"{k}={_format_value(r.settings.get(k))}" for k in varying]
+            parts = [f"{k}={_format_value(r.settings[k])}" for k in varying if k in r.settings]
             r.label = " ".join([algo, *parts])
 
 
@@ -213,6 +223,30 @@ def _cells(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
 
 def _scores(group: Sequence[Run]) -> np.ndarray:
     return np.array([r.score for r in group if r.score is not None], dtype=np.float64)
+
+
+def _paired(
+    x: Sequence[Run], y: Sequence[Run], rng: np.random.Generator, reps: int, confidence: float
+) -> dict[str, Any] | None:
+    """X − Y seed by seed, for two cells of one algo on one dataset that differ only in their
+    settings (an ablation: the same seed draws the same initialisation and batches, so the
+    pairing removes most of the seed's variance). None for cells of different algos or with
+    fewer than two scored seeds in common."""
+    if x[0].algo != y[0].algo:
+        return None
+    xs = {r.seed: r.score for r in x if r.seed is not None and r.score is not None}
+    ys = {r.seed: r.score for r in y if r.seed is not None and r.score is not None}
+    seeds = sorted(set(xs) & set(ys))
+    if len(seeds) < 2:
+        return None
+    d = np.array([xs[s] - ys[s] for s in seeds], dtype=np.float64)
+    est = stats.interval_estimate(d, stats.mean_statistic, rng, reps, confidence)
+    return {
+        "seeds": seeds,
+        "differences": d.tolist(),
+        "difference": _interval(est),
+        "x_ahead": int((d > 0).sum()),
+    }
 
 
 def summarize(
@@ -299,6 +333,15 @@ def summarize(
                 )
             improvement.append({"x": a, "y": b, "datasets": common, **(_interval(est) or {})})
 
+    paired: list[dict[str, Any]] = []
+    for dataset in datasets:
+        in_dataset = sorted(lab for d, lab in cells if d == dataset)
+        for i, a in enumerate(in_dataset):
+            for b in in_dataset[i + 1 :]:
+                row_ab = _paired(cells[(dataset, a)], cells[(dataset, b)], rng, reps, confidence)
+                if row_ab is not None:
+                    paired.append({"dataset": dataset, "x": a, "y": b, **row_ab})
+
     diagnostic: dict[str, Any] = {}
     for label in labels:
         per_dataset = {}
@@ -327,6 +370,7 @@ def summarize(
         "cells": cell_rows,
         "aggregates": aggregates,
         "probability_of_improvement": improvement,
+        "paired": paired,
         "q_minus_mc": diagnostic,
         "null_runs": [
             {"path": str(r.path), "algorithm": r.label, "dataset": r.dataset, "seed": r.seed}
@@ -427,6 +471,20 @@ def to_markdown(results: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {p['x']} | {p['y']} | {len(p['datasets'])} "
                 f"| {_ci(p if p['datasets'] else None, 2)} |"
+            )
+    if results["paired"]:
+        lines += [
+            "",
+            "## Paired by seed: one algorithm's settings against another's, X − Y",
+            "",
+            f"| dataset | X | Y | seeds | X − Y per seed | mean X − Y [{pct} CI] | X ahead |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in results["paired"]:
+            per_seed = ", ".join(f"{v:+.1f}" for v in p["differences"])
+            lines.append(
+                f"| {p['dataset']} | {p['x']} | {p['y']} | {len(p['seeds'])} | {per_seed} "
+                f"| {_ci(p['difference'])} | {p['x_ahead']}/{len(p['seeds'])} |"
             )
     lines += [
         "",

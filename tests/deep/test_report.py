@@ -155,6 +155,47 @@ def test_labels_name_the_settings_that_vary(tmp_path: Path) -> None:
     assert results["aggregates"]["cql cql_weight=5.0"]["mean"]["point"] == pytest.approx(50.5)
 
 
+def test_ablations_are_paired_by_seed(tmp_path: Path) -> None:
+    # Two sweeps: one set precision=bf16, the other left it at its default (only in config.json).
+    # Seed 3 exists for fp32 alone, and an older run lacks the setting entirely.
+    for seed, (bf16, fp32) in enumerate([(20.0, 21.0), (30.0, 33.5), (40.0, 42.0)]):
+        sweep = tmp_path / "a"
+        make_run(sweep / f"cql-{seed}", "cql", "hopper-medium", seed, bf16)
+        (sweep / ".sweep").mkdir(exist_ok=True)
+        meta = {"algo": "cql", "seed": seed, "settings": {"precision": "bf16", "threads": 1}}
+        (sweep / ".sweep" / f"cql-{seed}.json").write_text(json.dumps(meta))
+        make_run(
+            tmp_path / "b" / f"cql-{seed}",
+            "cql",
+            "hopper-medium",
+            seed,
+            fp32,
+            settings={"precision": "fp32"},
+        )
+    make_run(
+        tmp_path / "b" / "cql-3", "cql", "hopper-medium", 3, 50.0, settings={"precision": "fp32"}
+    )
+    make_run(tmp_path / "old" / "cql-9", "cql", "hopper-medium", 9, 1.0)
+    for seed in (0, 1):
+        make_run(tmp_path / "c" / f"bc-{seed}", "bc", "hopper-medium", seed, 10.0)
+
+    results = report.report(tmp_path, reps=500, plots=False)
+    cells = {c["algorithm"]: c["runs"] for c in results["cells"]}
+    # The old run without the setting joins no cell of its own making: it is labelled plain cql.
+    assert cells == {"bc": 2, "cql": 1, "cql precision=bf16": 3, "cql precision=fp32": 4}
+    # Only cells of one algo pair up, on the seeds both have; bc against cql is no ablation.
+    (p,) = results["paired"]
+    assert (p["x"], p["y"], p["seeds"]) == ("cql precision=bf16", "cql precision=fp32", [0, 1, 2])
+    np.testing.assert_allclose(p["differences"], [-1.0, -3.5, -2.0])
+    assert p["difference"]["point"] == pytest.approx(-6.5 / 3)
+    assert p["difference"]["low"] <= -3.0 and p["difference"]["high"] >= -1.5
+    assert p["difference"]["high"] < 0 and p["x_ahead"] == 0
+    md = (tmp_path / "results.md").read_text()
+    assert (
+        "| hopper-medium | cql precision=bf16 | cql precision=fp32 | 3 | -1.0, -3.5, -2.0 |" in md
+    )
+
+
 def test_all_null_scores_are_reported(tmp_path: Path) -> None:
     make_run(tmp_path / "a", "cql", "custom.npz", 0, None)
     make_run(tmp_path / "b", "cql", "custom.npz", 1, None)
