@@ -19,7 +19,7 @@ Written to ``--out`` (default: DIR):
   the final score over seeds, its IQM and mean with 95% stratified-bootstrap CIs, the
   return, and the final critic estimate minus Monte-Carlo return (mean with its CI, and the
   number of runs that over-estimate); per pair of cells of one algo on one dataset whose
-  settings differ (an ablation), the score difference seed by seed on their common seeds, its
+  settings differ in one (an ablation), the score difference seed by seed on their common seeds, its
   mean with a bootstrap CI over seeds and how many seeds the first is ahead on; per algorithm,
   over datasets (a task = a dataset, :mod:`deep.stats`): IQM, mean, median and optimality gap
   with CIs; the probability that each algorithm improves on each
@@ -228,11 +228,19 @@ def _scores(group: Sequence[Run]) -> np.ndarray:
 def _paired(
     x: Sequence[Run], y: Sequence[Run], rng: np.random.Generator, reps: int, confidence: float
 ) -> dict[str, Any] | None:
-    """X − Y seed by seed, for two cells of one algo on one dataset that differ only in their
-    settings (an ablation: the same seed draws the same initialisation and batches, so the
-    pairing removes most of the seed's variance). None for cells of different algos or with
-    fewer than two scored seeds in common."""
+    """X − Y seed by seed, for two cells of one algo on one dataset whose settings differ in
+    exactly one (an ablation: the same seed draws the same initialisation and batches, so the
+    pairing removes most of the seed's variance). None for cells of different algos, cells
+    that differ in more than one setting, or fewer than two scored seeds in common."""
     if x[0].algo != y[0].algo:
+        return None
+    sx, sy = x[0].settings, y[0].settings
+    differ = [
+        k
+        for k in sorted(set(sx) & set(sy))
+        if json.dumps(sx[k], sort_keys=True) != json.dumps(sy[k], sort_keys=True)
+    ]
+    if len(differ) != 1:
         return None
     xs = {r.seed: r.score for r in x if r.seed is not None and r.score is not None}
     ys = {r.seed: r.score for r in y if r.seed is not None and r.score is not None}
@@ -242,6 +250,7 @@ def _paired(
     d = np.array([xs[s] - ys[s] for s in seeds], dtype=np.float64)
     est = stats.interval_estimate(d, stats.mean_statistic, rng, reps, confidence)
     return {
+        "setting": differ[0],
         "seeds": seeds,
         "differences": d.tolist(),
         "difference": _interval(est),

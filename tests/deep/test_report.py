@@ -176,24 +176,43 @@ def test_ablations_are_paired_by_seed(tmp_path: Path) -> None:
         tmp_path / "b" / "cql-3", "cql", "hopper-medium", 3, 50.0, settings={"precision": "fp32"}
     )
     make_run(tmp_path / "old" / "cql-9", "cql", "hopper-medium", 9, 1.0)
+    # Two settings at once is no ablation of either: never paired.
+    for seed in (0, 1):
+        make_run(
+            tmp_path / "d" / f"cql-{seed}",
+            "cql",
+            "hopper-medium",
+            seed,
+            5.0,
+            settings={"precision": "bf16", "steps": 300},
+        )
     for seed in (0, 1):
         make_run(tmp_path / "c" / f"bc-{seed}", "bc", "hopper-medium", seed, 10.0)
 
     results = report.report(tmp_path, reps=500, plots=False)
     cells = {c["algorithm"]: c["runs"] for c in results["cells"]}
     # The old run without the setting joins no cell of its own making: it is labelled plain cql.
-    assert cells == {"bc": 2, "cql": 1, "cql precision=bf16": 3, "cql precision=fp32": 4}
-    # Only cells of one algo pair up, on the seeds both have; bc against cql is no ablation.
-    (p,) = results["paired"]
-    assert (p["x"], p["y"], p["seeds"]) == ("cql precision=bf16", "cql precision=fp32", [0, 1, 2])
+    bf16, fp32 = "cql precision=bf16 steps=100", "cql precision=fp32 steps=100"
+    assert cells == {
+        "bc": 2,
+        "cql steps=100": 1,
+        bf16: 3,
+        fp32: 4,
+        "cql precision=bf16 steps=300": 2,
+    }
+    # Only cells of one algo that differ in one setting pair up, on the seeds both have:
+    # bf16 at 300 steps pairs with bf16 at 100 (steps), not with fp32 at 100 (two settings).
+    pairs = {(p["x"], p["y"]): p for p in results["paired"]}
+    assert set(pairs) == {(bf16, fp32), (bf16, "cql precision=bf16 steps=300")}
+    assert pairs[(bf16, "cql precision=bf16 steps=300")]["setting"] == "steps"
+    p = pairs[(bf16, fp32)]
+    assert (p["setting"], p["seeds"]) == ("precision", [0, 1, 2])
     np.testing.assert_allclose(p["differences"], [-1.0, -3.5, -2.0])
     assert p["difference"]["point"] == pytest.approx(-6.5 / 3)
     assert p["difference"]["low"] <= -3.0 and p["difference"]["high"] >= -1.5
     assert p["difference"]["high"] < 0 and p["x_ahead"] == 0
     md = (tmp_path / "results.md").read_text()
-    assert (
-        "| hopper-medium | cql precision=bf16 | cql precision=fp32 | 3 | -1.0, -3.5, -2.0 |" in md
-    )
+    assert f"| hopper-medium | {bf16} | {fp32} | 3 | -1.0, -3.5, -2.0 |" in md
 
 
 def test_all_null_scores_are_reported(tmp_path: Path) -> None:
