@@ -19,11 +19,11 @@ Written to ``--out`` (default: DIR):
   the final score over seeds, its IQM and mean with 95% stratified-bootstrap CIs, the
   return, and the final critic estimate minus Monte-Carlo return (mean with its CI, and the
   number of runs that over-estimate); per pair of cells of one algo on one dataset whose
-  settings differ in one (an ablation), the score difference seed by seed on their common seeds, its
-  mean with a bootstrap CI over seeds and how many seeds the first is ahead on; per algorithm,
-  over datasets (a task = a dataset, :mod:`deep.stats`): IQM, mean, median and optimality gap
-  with CIs; the probability that each algorithm improves on each
-  other one (on the datasets both have scores for); the conservative-value diagnostic
+  settings differ in one (an ablation), the score difference seed by seed on their common
+  seeds, its mean with a bootstrap CI over seeds and how many seeds the first is ahead on; per
+  algorithm, over datasets (a task = a dataset, :mod:`deep.stats`): IQM, mean, median and
+  optimality gap with CIs; the probability that each algorithm improves on each other one (on
+  the datasets both have scores for); the conservative-value diagnostic
   ``Q(s₀, π(s₀)) − Σ γᵗ rₜ`` (critic estimate minus Monte-Carlo return, ``> 0``:
   over-estimation) per algorithm, mean over datasets with its CI;
 - ``intervals.png`` (aggregate scores with CIs), ``profiles.png`` (fraction of runs above τ,
@@ -181,6 +181,11 @@ def find_runs(root: str | Path) -> list[Run]:
     return runs
 
 
+def _canonical(value: Any) -> str:
+    """One string per setting value, so two runs' values compare whatever their key order."""
+    return json.dumps(value, sort_keys=True)
+
+
 def _label(runs: Sequence[Run]) -> None:
     """``algo`` plus ``key=value`` for each setting that differs between that algo's runs.
 
@@ -195,8 +200,7 @@ def _label(runs: Sequence[Run]) -> None:
         varying = [
             k
             for k in keys
-            if len({json.dumps(r.settings[k], sort_keys=True) for r in group if k in r.settings})
-            > 1
+            if len({_canonical(r.settings[k]) for r in group if k in r.settings}) > 1
         ]
         for r in group:
             parts = [f"{k}={_format_value(r.settings[k])}" for k in varying if k in r.settings]
@@ -235,11 +239,7 @@ def _paired(
     if x[0].algo != y[0].algo:
         return None
     sx, sy = x[0].settings, y[0].settings
-    differ = [
-        k
-        for k in sorted(set(sx) & set(sy))
-        if json.dumps(sx[k], sort_keys=True) != json.dumps(sy[k], sort_keys=True)
-    ]
+    differ = [k for k in sorted(set(sx) & set(sy)) if _canonical(sx[k]) != _canonical(sy[k])]
     if len(differ) != 1:
         return None
     xs = {r.seed: r.score for r in x if r.seed is not None and r.score is not None}
