@@ -53,6 +53,11 @@ class CQLConfig(SACConfig):
     cql_estimator: Literal["importance", "rho"] = "importance"
     """"importance": CQL(H) with the importance-sampled log-sum-exp (App. F); "rho": CQL(ρ),
     the same samples without importance weights."""
+    cql_data_in_push_down: bool = False
+    """Put Q(s, a_D) at the dataset action inside the soft maximum beside the 3N sampled
+    actions (CQL(ρ) only; the official ``min_q_version=2`` and Unifloral's CQL do). With few
+    samples (N = 1: 3 actions) the data action keeps the push-down from falling below Q(s, a_D)
+    by chance, so the gap is never negative: push_down ≥ Q(s, a_D) − T log(3N + 1)."""
     lagrange: bool = False
     """Learn α' ≥ 0 by dual gradient so that the gap meets ``lagrange_threshold`` (Eq. 5)."""
     lagrange_threshold: float = 5.0
@@ -112,6 +117,11 @@ class CQL(OfflineSAC):
         if cfg.cql_estimator not in ("importance", "rho"):
             raise ValueError(
                 f"cql_estimator must be 'importance' or 'rho', got {cfg.cql_estimator!r}"
+            )
+        if cfg.cql_data_in_push_down and cfg.cql_estimator != "rho":
+            raise ValueError(
+                "cql_data_in_push_down needs cql_estimator='rho': the dataset action has no "
+                "proposal density to importance-weight it by"
             )
 
     def lagrange_alpha(self) -> Tensor:
@@ -178,6 +188,8 @@ class CQL(OfflineSAC):
                 temperature=cfg.cql_temperature,
             )
         else:
+            if cfg.cql_data_in_push_down:
+                q_ood = torch.cat([q_ood, q_data.unsqueeze(-1)], dim=-1)  # (E, B, 3N + 1)
             reg = cql_regularizer(q_data, q_ood, estimator="rho", temperature=cfg.cql_temperature)
 
         # 4. The penalty w·α'·(gap − τ), α' learned by dual descent in the Lagrange form.

@@ -419,3 +419,20 @@ def test_update_never_reads_tensor_values_on_the_host(name: str, overrides: dict
     with _RecordOps() as probe:
         bool(next(iter(agent.update(batch).values())) > 0)
     assert probe.host_reads
+
+
+def test_data_action_in_push_down_bounds_the_gap_and_needs_rho() -> None:
+    # With Q(s, a_D) inside the soft maximum over 3N + 1 values, push_down >= Q(s, a_D) −
+    # T log(3N + 1) for every state, so the gap cannot fall below −T log(3N + 1) even at N = 1.
+    with pytest.raises(ValueError, match="needs cql_estimator='rho'"):
+        make_agent("cql", OBS, ACT, cql_data_in_push_down=True)
+    agent = build("cql", cql_n_actions=1, cql_estimator="rho", cql_data_in_push_down=True)
+    plain = build("cql", cql_n_actions=1, cql_estimator="rho")
+    batch = continuous_batch(0)
+    for _ in range(3):
+        with_data = agent.update(batch)
+        without = plain.update(batch)
+    bound = -math.log(3 * 1 + 1)
+    assert float(with_data["misc/cql_gap"]) >= bound
+    # The two estimators differ (the data action enters the soft maximum in one only).
+    assert float(with_data["misc/cql_gap"]) != float(without["misc/cql_gap"])
