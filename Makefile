@@ -14,10 +14,14 @@ endif
 PIP := $(BIN)/python -m pip
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint typecheck bench bench-peer setup clean
+.PHONY: demo test notebooks lint typecheck bench bench-peer setup clean
 
 demo: $(VENV)/.installed-base
 	$(BIN)/python -m deep.demo
+
+# Jupyter Lab on notebooks/, in the venv that `make demo` makes (01 first; see README).
+notebooks: $(VENV)/.installed-base
+	$(BIN)/jupyter lab notebooks/
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check theory deep tests notebooks

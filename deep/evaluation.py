@@ -31,7 +31,7 @@ def check_environment(env: str, obs_dim: int, act_dim: int, discrete: bool, data
     except gym.error.DependencyNotInstalled as e:
         raise ImportError(
             f"environment {env!r} needs a package that is not installed ({e}); for MuJoCo "
-            "tasks: pip install -e '.[mujoco]'"
+            "tasks: pip install -e . (the main install includes gymnasium[mujoco])"
         ) from None
     except gym.error.Error as e:
         raise ValueError(f"environment {env!r} cannot be made: {e}") from None
