@@ -177,6 +177,7 @@ def cql_regularizer(
     log_density: Tensor | float | None = None,
     mu: Tensor | None = None,
     temperature: float = 1.0,
+    include_data: bool = False,
 ) -> CQLGap:
     """The CQL regulariser E_{s~D}[push_down(s)] − E_{s,a~D}[Q(s, a)], per critic.
 
@@ -209,8 +210,10 @@ def cql_regularizer(
     ``"rho"`` — CQL(ρ), no importance weights: the same sampled actions, each weighted equally,
         push_down(s) = T [log Σ_j exp(Q(s, a_j)/T) − log M] ≈ T log E_{a~ρ} exp(Q(s, a)/T),
     the closed form of max_μ E_μ[Q] − T·KL(μ‖ρ) (App. A with R(μ) = −KL(μ, ρ)), where ρ is the
-    sampling mixture (uniform ∪ π(·|s) ∪ π(·|s')). The official ``min_q_version=2`` also puts
-    Q(s, a_D) inside the log-sum-exp; here the dataset action enters only through push_up.
+    sampling mixture (uniform ∪ π(·|s) ∪ π(·|s')). With ``include_data=True`` Q(s, a_D) joins
+    the M sampled values inside the log-sum-exp (M + 1 in all), as the official
+    ``min_q_version=2`` and Unifloral's CQL do; then push_down ≥ Q(s, a_D) − T log(M + 1), so
+    the gap is at least −T log(M + 1) at every state, however few actions are sampled.
 
     ``"expectation"`` — CQL(1)/CQL(2) push-down with a known distribution μ (Eq. 1 and 2):
         push_down(s) = Σ_a μ(a|s) Q(s, a),     ``mu`` (B, M) or (E, B, M), rows sum to one.
@@ -225,6 +228,13 @@ def cql_regularizer(
         )
     if estimator in ("importance", "rho", "exact") and mu is not None:
         raise ValueError(f"mu is only used by estimator='expectation', not {estimator!r}")
+    if include_data and estimator != "rho":
+        raise ValueError(
+            f"include_data is only used by estimator='rho', not {estimator!r}: the dataset "
+            "action has no proposal density to weight it by"
+        )
+    if include_data:
+        q_actions = torch.cat([q_actions, q_data.unsqueeze(-1)], dim=-1)  # (..., M + 1)
     if estimator != "importance" and log_density is not None:
         raise ValueError(f"log_density is only used by estimator='importance', not {estimator!r}")
     m = q_actions.shape[-1]

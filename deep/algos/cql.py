@@ -56,8 +56,8 @@ class CQLConfig(SACConfig):
     cql_data_in_push_down: bool = False
     """Put Q(s, a_D) at the dataset action inside the soft maximum beside the 3N sampled
     actions (CQL(ρ) only; the official ``min_q_version=2`` and Unifloral's CQL do). With few
-    samples (N = 1: 3 actions) the data action keeps the push-down from falling below Q(s, a_D)
-    by chance, so the gap is never negative: push_down ≥ Q(s, a_D) − T log(3N + 1)."""
+    samples (N = 1: 3 actions) it bounds the gap below by −T log(3N + 1) at every state
+    (``include_data`` of :func:`~deep.losses.cql_regularizer`)."""
     lagrange: bool = False
     """Learn α' ≥ 0 by dual gradient so that the gap meets ``lagrange_threshold`` (Eq. 5)."""
     lagrange_threshold: float = 5.0
@@ -188,9 +188,13 @@ class CQL(OfflineSAC):
                 temperature=cfg.cql_temperature,
             )
         else:
-            if cfg.cql_data_in_push_down:
-                q_ood = torch.cat([q_ood, q_data.unsqueeze(-1)], dim=-1)  # (E, B, 3N + 1)
-            reg = cql_regularizer(q_data, q_ood, estimator="rho", temperature=cfg.cql_temperature)
+            reg = cql_regularizer(
+                q_data,
+                q_ood,
+                estimator="rho",
+                temperature=cfg.cql_temperature,
+                include_data=cfg.cql_data_in_push_down,
+            )
 
         # 4. The penalty w·α'·(gap − τ), α' learned by dual descent in the Lagrange form.
         dual_loss: Tensor | None = None

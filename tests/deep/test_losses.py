@@ -127,6 +127,11 @@ def test_importance_and_rho_estimators_by_hand() -> None:
     # rho: no weights, T [logsumexp(Q/T) − log M]
     out = cql_regularizer(t([0.25]), t(q), estimator="rho")
     torch.testing.assert_close(out.push_down, t(logsumexp(q) - math.log(6)))
+    # rho with the data action inside: T [logsumexp([Q, Q_D]/T) − log(M + 1)]
+    out = cql_regularizer(t([0.25]), t(q), estimator="rho", include_data=True)
+    torch.testing.assert_close(out.push_down, t(logsumexp([*q[0], 0.25]) - math.log(7)))
+    with pytest.raises(ValueError, match="include_data is only used by estimator='rho'"):
+        cql_regularizer(t([0.25]), t(q), estimator="exact", include_data=True)
 
 
 def test_expectation_estimator_is_cql2_push_down() -> None:
