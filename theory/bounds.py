@@ -30,14 +30,24 @@ Conventions.
   the paper's statements; the CQL estimates are computed in the empirical MDP by
   :mod:`theory.cql`.
 
+What holds always and what holds with probability 1 - delta. Each result has ``guarantees``
+(statement -> ``"always"`` or ``"probability >= 1 - delta"``), ``check()`` (raises
+``AssertionError`` naming the first "always" statement that fails: the assertion a property
+test makes on every example) and ``vacuous`` (True when no alpha, or no amount of this data,
+makes the theorem conclude anything: an infinite threshold or zeta; report such examples, do not
+count them as confirmations). A "probability >= 1 - delta" statement is false on some datasets
+by design; a test asserts it as a failure *rate* over many datasets (at most delta, up to
+sampling error), never on one example. :mod:`theory.strategies` draws the examples.
+
 The propagation operator ``(I - gamma P^pi)^{-1}`` is never formed: each propagated term is one
 linear solve (:func:`theory.mdp.solve_discounted`), with a reachability pass for infinite entries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -58,6 +68,21 @@ from theory.mdp import (
 
 # Comparisons of computed quantities allow this much round-off, relative to R_max/(1-gamma).
 REL_TOL = 1e-9
+
+ALWAYS = "always"
+WITH_PROBABILITY = "probability >= 1 - delta"
+
+
+def _require(statements: Sequence[tuple[str, bool]], theorem: str) -> None:
+    """Raise ``AssertionError`` naming the first (statement, ok) pair that is not ok."""
+    for statement, ok in statements:
+        if not ok:
+            raise AssertionError(f"{theorem}: '{statement}' is guaranteed always but fails here")
+
+
+def _round_off(*arrays: np.ndarray) -> float:
+    scale = max(float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0)) for a in arrays)
+    return 1e-8 * (1.0 + scale)
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -439,6 +464,15 @@ class Theorem31:
     bellman_error: np.ndarray
     premise_holds: bool
 
+    guarantees: ClassVar[Mapping[str, str]] = {
+        "premise_holds: (B_hat - B) Q_hat <= e at every pair": WITH_PROBABILITY,
+        "bound_holds: Q_hat <= rhs on D": WITH_PROBABILITY,
+        "premise_holds implies Q_hat <= rhs at every pair": ALWAYS,
+        "alpha_threshold <= alpha_sufficient": ALWAYS,
+        "alpha >= alpha_threshold implies rhs <= Q^pi on D": ALWAYS,
+        "bound_holds and alpha >= alpha_threshold implies Q_hat <= Q^pi on D": ALWAYS,
+    }
+
     @property
     def bound_holds(self) -> bool:
         """The bound holds at every checked pair."""
@@ -448,6 +482,43 @@ class Theorem31:
     def conclusion_holds(self) -> bool:
         """``Q_hat <= Q^pi`` at every checked pair."""
         return bool(self.conclusion[self.checked].all())
+
+    @property
+    def vacuous(self) -> bool:
+        """No alpha makes the bound imply ``Q_hat <= Q^pi`` on D (``alpha_threshold`` is +inf:
+        an unseen pair is reachable, or mu puts no mass where the sampling term is)."""
+        return not np.isfinite(self.alpha_threshold)
+
+    def check(self) -> None:
+        """Assert every statement of :attr:`guarantees` marked "always" (see the module doc)."""
+        tol = _round_off(self.q_hat, self.q_pi, self.rhs)
+        rows = np.repeat(self.checked[:, None], self.q_hat.shape[1], axis=1)
+        above = self.alpha >= self.alpha_threshold
+        _require(
+            [
+                (
+                    "penalty >= 0 and sampling >= 0",
+                    bool(np.all(self.penalty >= -tol)) and bool(np.all(self.sampling >= 0)),
+                ),
+                (
+                    "premise_holds implies Q_hat <= rhs at every pair",
+                    not self.premise_holds or bool(np.all(self.q_hat <= self.rhs + tol)),
+                ),
+                (
+                    "alpha_threshold <= alpha_sufficient",
+                    self.alpha_threshold <= self.alpha_sufficient * (1 + 1e-9),
+                ),
+                (
+                    "alpha >= alpha_threshold implies rhs <= Q^pi on D",
+                    not above or bool(np.all((self.rhs <= self.q_pi + tol)[rows])),
+                ),
+                (
+                    "bound_holds and alpha >= alpha_threshold implies Q_hat <= Q^pi on D",
+                    not (above and self.bound_holds) or self.conclusion_holds,
+                ),
+            ],
+            "Theorem 3.1",
+        )
 
     def at(self, s: int, a: int) -> tuple[float, float, bool]:
         """(q_hat, rhs, holds) at one pair; ``ValueError`` if s is not a checked state."""
@@ -611,6 +682,50 @@ class Theorem32:
         """``Q_hat <= Q^pi`` on every checked pair (not claimed by the theorem)."""
         return bool(self.q_conclusion[self.checked].all())
 
+    guarantees: ClassVar[Mapping[str, str]] = {
+        "premise_holds: (B_hat - B) Q_hat <= e at every pair": WITH_PROBABILITY,
+        "bound_holds: V_hat <= rhs on D": WITH_PROBABILITY,
+        "D_CQL >= 0": ALWAYS,
+        "premise_holds implies V_hat <= rhs on every state": ALWAYS,
+        "alpha_threshold <= alpha_sufficient": ALWAYS,
+        "alpha >= alpha_threshold implies rhs <= V^pi on D": ALWAYS,
+        "bound_holds and alpha >= alpha_threshold implies V_hat <= V^pi on D": ALWAYS,
+        "Q_hat <= Q^pi pointwise": "not claimed (it fails where pi < pi_beta_hat)",
+    }
+
+    @property
+    def vacuous(self) -> bool:
+        """No alpha makes the bound imply ``V_hat <= V^pi`` on D (``alpha_threshold`` is +inf,
+        e.g. pi = pi_beta_hat, where D_CQL = 0 and the penalty vanishes)."""
+        return not np.isfinite(self.alpha_threshold)
+
+    def check(self) -> None:
+        """Assert every statement of :attr:`guarantees` marked "always" (see the module doc)."""
+        tol = _round_off(self.v_hat, self.v_pi, self.rhs)
+        above = self.alpha >= self.alpha_threshold
+        _require(
+            [
+                ("D_CQL >= 0", bool(np.all(self.d_cql >= -1e-12))),
+                (
+                    "premise_holds implies V_hat <= rhs on every state",
+                    not self.premise_holds or bool(np.all(self.v_hat <= self.rhs + tol)),
+                ),
+                (
+                    "alpha_threshold <= alpha_sufficient",
+                    self.alpha_threshold <= self.alpha_sufficient * (1 + 1e-9),
+                ),
+                (
+                    "alpha >= alpha_threshold implies rhs <= V^pi on D",
+                    not above or bool(np.all((self.rhs <= self.v_pi + tol)[self.checked])),
+                ),
+                (
+                    "bound_holds and alpha >= alpha_threshold implies V_hat <= V^pi on D",
+                    not (above and self.bound_holds) or self.conclusion_holds,
+                ),
+            ],
+            "Theorem 3.2",
+        )
+
     def at(self, s: int) -> tuple[float, float, bool]:
         """(v_hat, rhs, holds) at one state; ``ValueError`` if s is not a checked state."""
         _require_in(self.checked, s, "Theorem 3.2")
@@ -749,6 +864,36 @@ class GapExpansionStep:
     def expands_everywhere(self) -> bool:
         """``gap_hat > gap`` on every checked state."""
         return bool(self.expands[self.checked].all())
+
+    guarantees: ClassVar[Mapping[str, str]] = {
+        "gap_hat - gap = alpha D_CQL(mu_k) - backup_term on D": ALWAYS,
+        "alpha > alpha_threshold implies gap_hat >= gap on D (> except at round-off ties)": ALWAYS,
+    }
+
+    @property
+    def vacuous(self) -> bool:
+        """No alpha expands the gap on every state of D (threshold +inf: mu_k = pi_beta_hat on a
+        state whose backup term is >= 0)."""
+        return not np.isfinite(self.alpha_threshold)
+
+    def check(self) -> None:
+        """Assert every statement of :attr:`guarantees` marked "always" (see the module doc)."""
+        tol = _round_off(self.gap_hat, self.gap) * (1.0 + self.alpha)
+        margin = (self.gap_hat - self.gap)[self.checked]
+        exact = (self.alpha * self.d_cql_mu - self.backup_term)[self.checked]
+        _require(
+            [
+                (
+                    "gap_hat - gap = alpha D_CQL(mu_k) - backup_term on D",
+                    bool(np.allclose(margin, exact, rtol=0.0, atol=tol)),
+                ),
+                (
+                    "alpha > alpha_threshold implies gap_hat >= gap on D",
+                    not self.condition_holds or bool(np.all(margin > -tol)),
+                ),
+            ],
+            "Theorem 3.4",
+        )
 
 
 def gap_expansion_step(
@@ -972,6 +1117,7 @@ class SafeImprovement:
             terms.
         holds_paper, holds_proof: ``j_pi >= j_beta - zeta`` for each zeta.
         concentration: the concentration event on this dataset.
+        gamma: the discount.
     """
 
     alpha: float
@@ -994,6 +1140,48 @@ class SafeImprovement:
     holds_paper: bool
     holds_proof: bool
     concentration: ConcentrationEvent
+    gamma: float
+
+    guarantees: ClassVar[Mapping[str, str]] = {
+        "concentration.holds": WITH_PROBABILITY,
+        "holds_proof: J(pi, M) >= J(pi_beta_hat, M) - zeta_proof": WITH_PROBABILITY,
+        "concentration.holds implies |J(., M_hat) - J(., M)| <= sampling(.), and holds_proof": ALWAYS,
+        "coverage iff zeta is finite": ALWAYS,
+        "improvement_condition (for pi* of Eq. 6, the default pi)": ALWAYS,
+    }
+
+    @property
+    def vacuous(self) -> bool:
+        """zeta is +inf (a state the policies reach in M_hat is not in D), or zeta_proof is at
+        least the whole range of returns, 2 R_max/(1-gamma): the guarantee then allows anything."""
+        span = 2.0 * self.constants.r_max / (1.0 - self.gamma)
+        return not (np.isfinite(self.zeta_proof) and self.zeta_proof < span)
+
+    def check(self, *, eq6_optimum: bool = True) -> None:
+        """Assert every statement of :attr:`guarantees` marked "always"; ``eq6_optimum=False``
+        when ``pi`` was given and is not Eq. 6's optimum (its improvement clause is then not
+        claimed)."""
+        tol = 1e-7 * (1.0 + abs(self.j_pi_emp) + self.penalty_emp)
+        on_event = self.concentration.holds
+        _require(
+            [
+                (
+                    "concentration.holds implies |J(., M_hat) - J(., M)| <= sampling(.)",
+                    not on_event
+                    or (
+                        self.emp_error_pi <= self.sampling_pi + tol
+                        and self.emp_error_beta <= self.sampling_beta + tol
+                    ),
+                ),
+                ("concentration.holds implies holds_proof", not on_event or self.holds_proof),
+                (
+                    "coverage iff zeta is finite",
+                    self.coverage == bool(np.isfinite(self.zeta_paper)),
+                ),
+                ("improvement_condition", not eq6_optimum or self.improvement_condition),
+            ],
+            "Theorem 3.6",
+        )
 
 
 def _sampling_return_term(
@@ -1075,4 +1263,5 @@ def safe_policy_improvement(
         holds_paper=bool(j_pi >= j_beta - zeta_paper - tol),
         holds_proof=bool(j_pi >= j_beta - zeta_proof - tol),
         concentration=concentration_event(emp, true_mdp, constants),
+        gamma=emp.gamma,
     )

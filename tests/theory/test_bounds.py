@@ -41,46 +41,21 @@ from theory.mdp import (
     random_mdp,
     random_policy,
 )
+from theory.strategies import (
+    OfflineProblem,
+    exact_problem,
+    exact_problems,
+    offline_problem,
+    offline_problems,
+    policies,
+    supported_policies,
+)
 
 R_MAX = 1.0
 DELTA = 0.1
 N_DATASETS = 200
 
 seeds = st.integers(0, 2**32 - 1)
-
-
-def _instance(
-    seed: int, S: int, A: int, n_per_pair: int, gamma: float = 0.9, noise: float = 0.0
-) -> tuple[TabularMDP, np.ndarray, EmpiricalMDP, np.random.Generator]:
-    """A random MDP with rewards in [-R_MAX + noise, R_MAX - noise], a behaviour policy, data."""
-    rng = np.random.default_rng(seed)
-    mdp = random_mdp(S, A, rng, gamma=gamma, reward_range=(-R_MAX + noise, R_MAX - noise))
-    beta = random_policy(S, A, rng, concentration=2.0)
-    data = sample_dataset(mdp, beta, n_per_pair * S * A, rng, reward_noise=noise)
-    return mdp, beta, EmpiricalMDP.from_dataset(data, gamma), rng
-
-
-def _supported_policy(emp: EmpiricalMDP, rng: np.random.Generator) -> np.ndarray:
-    """A random policy with supp within supp pi_beta_hat on the states of D."""
-    p = rng.dirichlet(np.ones(emp.n_actions), size=emp.n_states)
-    p = np.where(emp.seen | ~emp.seen_states[:, None], p, 0.0)
-    return p / p.sum(axis=1, keepdims=True)
-
-
-def _exact_dataset(
-    counts: np.ndarray, R: np.ndarray, gamma: float
-) -> tuple[TabularMDP, EmpiricalMDP]:
-    """A true MDP and a dataset with n(s,a,s') = counts exactly: T_hat = T, r_hat = r, B_hat = B."""
-    S, A, _ = counts.shape
-    P = counts / counts.sum(axis=2, keepdims=True)
-    flat = counts.ravel()
-    idx = np.repeat(np.arange(flat.size), flat)
-    s, a, s2 = np.unravel_index(idx, counts.shape)
-    emp = EmpiricalMDP.from_transitions(S, A, s, a, R[s, a], s2, gamma, r_max=R_MAX)
-    return TabularMDP(P, R, gamma), emp
-
-
-# --- concentration constants: hand-worked values --------------------------------------------
 
 
 def test_hoeffding_constant_hand_worked() -> None:
@@ -182,36 +157,23 @@ def test_theorem_3_2_failure_rate_at_threshold_is_at_most_delta() -> None:
 
 
 @settings(max_examples=200)
-@given(
-    seed=seeds,
-    S=st.integers(1, 4),
-    A=st.integers(1, 3),
-    n_per_pair=st.integers(1, 30),
-    frac=st.floats(0.0, 3.0),
-)
-def test_theorem_3_1_properties(seed: int, S: int, A: int, n_per_pair: int, frac: float) -> None:
-    mdp, _, emp, rng = _instance(seed, S, A, n_per_pair, noise=0.1)
-    pi = random_policy(S, A, rng)
-    mu = _supported_policy(emp, rng)
+@given(problem=offline_problems(), frac=st.floats(0.0, 3.0), data=st.data())
+def test_theorem_3_1_properties(problem: OfflineProblem, frac: float, data: st.DataObject) -> None:
+    mdp, emp = problem.mdp, problem.emp
+    pi = data.draw(policies(problem.n_states, problem.n_actions))
+    mu = data.draw(supported_policies(emp))
     base = theorem_3_1(emp, mdp, pi, 0.0, r_max=R_MAX, mu=mu)
+    base.check()
     thr = base.alpha_threshold
-    # The paper's pointwise threshold is sufficient, so it is never below the exact one.
-    assert thr <= base.alpha_sufficient * (1 + 1e-9)
+    assert base.vacuous == (thr == np.inf)
     alpha = frac * thr if np.isfinite(thr) else 10.0 * frac
     r = theorem_3_1(emp, mdp, pi, alpha, r_max=R_MAX, mu=mu)
-    tol = 1e-8 * (1.0 + float(np.max(np.abs(r.q_hat))))
-    assert np.all(r.sampling >= 0) and np.all(r.penalty >= -tol)
+    # Every "always" statement: the premise gives the bound at every pair, alpha above the
+    # threshold puts the right-hand side below Q^pi on D, and the two give the conclusion.
+    r.check()
     np.testing.assert_allclose(r.rhs, r.q_pi - r.penalty + r.sampling)
-    # The proof: (B_hat - B) Q_hat <= e at every pair implies the bound at every pair.
-    if r.premise_holds:
-        assert np.all(r.q_hat <= r.rhs + tol)
-    # Above the threshold the right-hand side is below Q^pi on D, so the bound gives the conclusion.
-    rows = np.repeat(r.checked[:, None], A, axis=1)
-    if alpha >= thr:
-        assert np.all((r.rhs <= r.q_pi + tol)[rows])
-        if r.bound_holds:
-            assert r.conclusion_holds
     # The threshold is the smallest such alpha: just below it some pair of D has rhs > Q^pi.
+    rows = np.repeat(r.checked[:, None], problem.n_actions, axis=1)
     if 0 < thr < np.inf:
         below = theorem_3_1(emp, mdp, pi, 0.99 * thr, r_max=R_MAX, mu=mu)
         assert np.any((below.rhs > below.q_pi)[rows])
@@ -221,17 +183,12 @@ def test_theorem_3_1_properties(seed: int, S: int, A: int, n_per_pair: int, frac
 
 
 @settings(max_examples=200)
-@given(
-    seed=seeds,
-    S=st.integers(1, 4),
-    A=st.integers(1, 3),
-    n_per_pair=st.integers(1, 30),
-    frac=st.floats(0.0, 3.0),
-)
-def test_theorem_3_2_properties(seed: int, S: int, A: int, n_per_pair: int, frac: float) -> None:
-    mdp, _, emp, rng = _instance(seed, S, A, n_per_pair, noise=0.1)
-    pi = _supported_policy(emp, rng)
+@given(problem=offline_problems(), frac=st.floats(0.0, 3.0), data=st.data())
+def test_theorem_3_2_properties(problem: OfflineProblem, frac: float, data: st.DataObject) -> None:
+    mdp, emp = problem.mdp, problem.emp
+    pi = data.draw(supported_policies(emp))
     base = theorem_3_2(emp, mdp, pi, 0.0, r_max=R_MAX)
+    base.check()
     D = base.d_cql
     # D_CQL is the chi-square divergence sum (pi - pi_beta_hat)^2 / pi_beta_hat >= 0 on D.
     chi2 = np.sum(
@@ -240,19 +197,13 @@ def test_theorem_3_2_properties(seed: int, S: int, A: int, n_per_pair: int, frac
     )
     np.testing.assert_allclose(D[emp.seen_states], chi2[emp.seen_states], atol=1e-12)
     thr = base.alpha_threshold
-    assert thr <= base.alpha_sufficient * (1 + 1e-9)
+    assert base.vacuous == (thr == np.inf)
     # sum_a pi/sqrt(n(s,a)) >= 1/sqrt(n(s)): the paper's printed threshold is never larger
     # than the sufficient one.
     assert base.alpha_paper <= base.alpha_sufficient * (1 + 1e-9)
     alpha = frac * thr if np.isfinite(thr) else 10.0 * frac
     r = theorem_3_2(emp, mdp, pi, alpha, r_max=R_MAX)
-    tol = 1e-8 * (1.0 + float(np.max(np.abs(r.q_hat))))
-    if r.premise_holds:
-        assert np.all(r.v_hat <= r.rhs + tol)
-    if alpha >= thr:
-        assert np.all((r.rhs <= r.v_pi + tol)[r.checked])
-        if r.bound_holds:
-            assert r.conclusion_holds
+    r.check()
     if 0 < thr < np.inf:
         below = theorem_3_2(emp, mdp, pi, 0.99 * thr, r_max=R_MAX)
         assert np.any((below.rhs > below.v_pi)[below.checked])
@@ -290,7 +241,8 @@ def test_cql2_pointwise_overestimate_hand_worked() -> None:
     # (I - gamma P^pi)^{-1} penalty = penalty + gamma/(1 - gamma) D_CQL = (1 + 3/7, -1 + 3/7).
     # So Q_hat(s,1) = Q^pi(s,1) + alpha 4/7 > Q^pi(s,1), while V_hat = V^pi - alpha/(1-gamma).
     gamma, alpha = 0.3, 2.0
-    mdp, emp = _exact_dataset(np.array([[[3], [3]]]), np.array([[0.5, -0.25]]), gamma)
+    problem = exact_problem(np.array([[[3], [3]]]), np.array([[0.5, -0.25]]), gamma)
+    mdp, emp = problem.mdp, problem.emp
     pi = np.array([[1.0, 0.0]])
     r = theorem_3_2(emp, mdp, pi, alpha, r_max=R_MAX)
     assert r.q_hat[0, 1] - r.q_pi[0, 1] == pytest.approx(alpha * 4 / 7)
@@ -303,22 +255,13 @@ def test_cql2_pointwise_overestimate_hand_worked() -> None:
 
 
 @settings(max_examples=200)
-@given(
-    seed=seeds,
-    S=st.integers(1, 4),
-    A=st.integers(1, 3),
-    alpha=st.floats(1e-3, 100.0),
-    gamma=st.floats(0.0, 0.95),
-)
+@given(problem=exact_problems(), alpha=st.floats(1e-3, 100.0), data=st.data())
 def test_no_sampling_error_any_alpha_gives_lower_bounds(
-    seed: int, S: int, A: int, alpha: float, gamma: float
+    problem: OfflineProblem, alpha: float, data: st.DataObject
 ) -> None:
-    rng = np.random.default_rng(seed)
-    counts = rng.integers(0, 4, size=(S, A, S))
-    counts[np.arange(S)[:, None], np.arange(A)[None, :], rng.integers(0, S, size=(S, A))] += 1
-    mdp, emp = _exact_dataset(counts, rng.uniform(-R_MAX, R_MAX, size=(S, A)), gamma)
-    pi = random_policy(S, A, rng)
-    mu = random_policy(S, A, rng)
+    mdp, emp, gamma = problem.mdp, problem.emp, problem.mdp.gamma
+    pi = data.draw(policies(problem.n_states, problem.n_actions, deterministic=False))
+    mu = data.draw(policies(problem.n_states, problem.n_actions, deterministic=False))
     scale = (R_MAX + alpha * float(np.max(mu / emp.pi_beta))) / (1 - gamma)
     # CQL(1): in the empirical MDP (= the true one here) Theorem 3.1 holds with equality.
     r1 = theorem_3_1(emp, mdp, pi, alpha, r_max=R_MAX, mu=mu)
@@ -335,22 +278,27 @@ def test_no_sampling_error_any_alpha_gives_lower_bounds(
 # --- (d) Theorem 3.4: gap expansion ---------------------------------------------------------
 
 
+_GAP_PROBLEMS = offline_problems(
+    n_actions=st.integers(2, 3), transitions_per_pair=st.integers(1, 20), reward_noise=0.0
+)
+
+
 @settings(max_examples=200)
 @given(
+    problem=_GAP_PROBLEMS,
     seed=seeds,
-    S=st.integers(1, 4),
-    A=st.integers(2, 3),
-    n_per_pair=st.integers(1, 20),
     frac=st.one_of(st.floats(0.0, 0.97), st.floats(1.03, 4.0)),
+    data=st.data(),
 )
 def test_gap_expansion_step_matches_the_cql_update(
-    seed: int, S: int, A: int, n_per_pair: int, frac: float
+    problem: OfflineProblem, seed: int, frac: float, data: st.DataObject
 ) -> None:
-    _, _, emp, rng = _instance(seed, S, A, n_per_pair)
+    emp, S, A = problem.emp, problem.n_states, problem.n_actions
+    rng = np.random.default_rng(seed)
     q_hat = rng.normal(scale=3.0, size=(S, A))
     q = rng.normal(scale=3.0, size=(S, A))
-    pi = random_policy(S, A, rng)
-    mu = _supported_policy(emp, rng)
+    pi = data.draw(policies(S, A))
+    mu = data.draw(supported_policies(emp))
     thr = gap_expansion_step(emp, q_hat, q, pi, mu, 0.0).alpha_threshold
     alpha = frac * thr if 0 < thr < np.inf else 0.1 + 5.0 * frac
     step = gap_expansion_step(emp, q_hat, q, pi, mu, alpha)
@@ -370,6 +318,7 @@ def test_gap_expansion_step_matches_the_cql_update(
     # D; below a positive threshold some state's gap shrinks. States where the margin is at
     # round-off level (e.g. one state: the backup term is mathematically 0) are ties.
     robust = np.abs(margin) > tol
+    step.check()
     if alpha > thr:
         assert np.all(margin[robust] > 0)
     elif np.isfinite(thr) and thr > tol and alpha < thr:
@@ -377,26 +326,36 @@ def test_gap_expansion_step_matches_the_cql_update(
 
 
 @settings(max_examples=200)
-@given(seed=seeds, S=st.integers(1, 4), A=st.integers(2, 3), alpha=st.floats(1e-3, 20.0))
+@given(
+    problem=offline_problems(n_actions=st.integers(2, 3), transitions_per_pair=10),
+    seed=seeds,
+    alpha=st.floats(1e-3, 20.0),
+    data=st.data(),
+)
 def test_gap_expands_for_any_alpha_from_a_common_start(
-    seed: int, S: int, A: int, alpha: float
+    problem: OfflineProblem, seed: int, alpha: float, data: st.DataObject
 ) -> None:
     # k = 0 with Q_hat^0 = Q^0 and the same empirical backup: backup_term = 0, so any alpha > 0
     # expands the gap exactly where mu_k differs from pi_beta_hat (D_CQL(mu_k) > 0).
-    _, _, emp, rng = _instance(seed, S, A, 10)
-    q0 = rng.normal(size=(S, A))
-    step = gap_expansion_step(
-        emp, q0, q0, random_policy(S, A, rng), _supported_policy(emp, rng), alpha
-    )
+    emp, S, A = problem.emp, problem.n_states, problem.n_actions
+    q0 = np.random.default_rng(seed).normal(size=(S, A))
+    pi, mu = data.draw(policies(S, A)), data.draw(supported_policies(emp))
+    step = gap_expansion_step(emp, q0, q0, pi, mu, alpha)
+    step.check()
     on_d = step.checked
     np.testing.assert_allclose(step.backup_term[on_d], 0.0, atol=1e-12)
     np.testing.assert_array_equal(step.expands[on_d], step.d_cql_mu[on_d] > 1e-13)
 
 
 @settings(max_examples=60)
-@given(seed=seeds, S=st.integers(2, 4), A=st.integers(2, 3), alpha=st.floats(0.05, 5.0))
-def test_gap_expansion_along_the_control_loop(seed: int, S: int, A: int, alpha: float) -> None:
-    mdp, _, emp, _ = _instance(seed, S, A, 20)
+@given(
+    problem=offline_problems(
+        n_states=st.integers(2, 4), n_actions=st.integers(2, 3), transitions_per_pair=20
+    ),
+    alpha=st.floats(0.05, 5.0),
+)
+def test_gap_expansion_along_the_control_loop(problem: OfflineProblem, alpha: float) -> None:
+    mdp, emp = problem.mdp, problem.emp
     res = cql_control(emp, alpha, 3, mdp=mdp)
     for reference, q_ref in ((None, res.q_empirical), (mdp, res.q_true)):
         assert q_ref is not None
@@ -409,6 +368,7 @@ def test_gap_expansion_along_the_control_loop(seed: int, S: int, A: int, alpha: 
             on_d = emp.seen_states
             gap_hat = np.sum((emp.pi_beta - mu) * res.q_hat[k], axis=1)[on_d]
             gap = np.sum((emp.pi_beta - mu) * q_ref[k], axis=1)[on_d]
+            step.check()
             # The exact condition decides the statement (ties aside).
             if abs(alpha - step.alpha_threshold) > 1e-6 * (1 + abs(alpha)):
                 assert step.condition_holds == bool(np.all(gap_hat > gap))
@@ -416,6 +376,7 @@ def test_gap_expansion_along_the_control_loop(seed: int, S: int, A: int, alpha: 
     # zeta, which holds for any pi on the concentration event, is claimed).
     if emp.seen.all():
         r = safe_policy_improvement(emp, mdp, alpha, r_max=R_MAX, pi=res.policies[-1])
+        r.check(eq6_optimum=False)
         if r.concentration.holds:
             assert r.emp_error_pi <= r.sampling_pi and r.holds_proof
 
@@ -443,7 +404,8 @@ def test_gap_expansion_fails_when_alpha_is_below_the_threshold() -> None:
 def test_gap_expansion_with_mu_equal_to_pi_beta_has_no_large_enough_alpha() -> None:
     # mu_k = pi_beta_hat: D_CQL(mu_k) = 0, the regulariser cancels in the gap, and the gap
     # difference is -backup_term whatever alpha is: threshold +inf where backup_term >= 0.
-    _, _, emp, rng = _instance(3, 3, 2, 20)
+    rng = np.random.default_rng(3)
+    emp = offline_problem(rng, 3, 2, 20).emp
     q_hat = rng.normal(size=(3, 2))
     q = q_hat + rng.normal(size=(3, 2))
     pi = random_policy(3, 2, rng)
@@ -461,24 +423,23 @@ def test_eq6_policy_hand_worked_bandit() -> None:
     # One state, pi_beta_hat = (1/2, 1/2), r = (1, 0). Eq. 6 per step: p - alpha (2p^2 +
     # 2(1-p)^2 - 1) with p = pi(0); derivative 1 - alpha (8p - 4) = 0 => p = 1/2 + 1/(8 alpha),
     # capped at 1 (alpha <= 1/4).
-    _, emp = _exact_dataset(np.array([[[5], [5]]]), np.array([[1.0, 0.0]]), 0.6)
+    emp = exact_problem(np.array([[[5], [5]]]), np.array([[1.0, 0.0]]), 0.6).emp
     for alpha, p in ((1.0, 0.625), (0.5, 0.75), (0.2, 1.0), (0.0, 1.0)):
         np.testing.assert_allclose(eq6_policy(emp, alpha), [[p, 1 - p]], atol=1e-9)
 
 
 @settings(max_examples=200)
 @given(
-    seed=seeds,
-    S=st.integers(1, 4),
-    A=st.integers(1, 3),
-    n_per_pair=st.integers(1, 30),
+    problem=offline_problems(reward_noise=0.0),
     alpha=st.one_of(st.just(0.0), st.floats(0.01, 10.0)),
+    data=st.data(),
 )
 def test_safe_policy_improvement_properties(
-    seed: int, S: int, A: int, n_per_pair: int, alpha: float
+    problem: OfflineProblem, alpha: float, data: st.DataObject
 ) -> None:
-    mdp, _, emp, rng = _instance(seed, S, A, n_per_pair)
+    mdp, emp = problem.mdp, problem.emp
     r = safe_policy_improvement(emp, mdp, alpha, r_max=R_MAX)
+    r.check()
     tol = 1e-7 * (1 + abs(r.j_pi_emp) + r.penalty_emp)
     # The last clause of Thm 3.6: for the Eq. 6 optimum, improvement in M_hat >= penalty.
     assert r.improvement_condition
@@ -487,7 +448,7 @@ def test_safe_policy_improvement_properties(
     assert obj == pytest.approx(r.j_pi_emp - r.penalty_emp, abs=tol)
     # pi* maximises Eq. 6: no supported perturbation does better.
     for eps in (0.5, 0.05):
-        other = (1 - eps) * r.pi + eps * _supported_policy(emp, rng)
+        other = (1 - eps) * r.pi + eps * data.draw(supported_policies(emp))
         assert eq6_objective(emp, other, alpha, mdp.d0) <= obj + tol
     # On the concentration event: |J(., M_hat) - J(., M)| <= sampling(.) for pi* and pi_beta_hat,
     # hence the theorem with the proof's zeta; the paper's 2 sampling(pi*) covers it when
@@ -562,7 +523,8 @@ def test_safe_improvement_without_coverage_is_vacuous() -> None:
 
 
 def test_thresholds_are_infinite_when_pi_equals_pi_beta_hat() -> None:
-    mdp, _, emp, _ = _instance(1, 3, 2, 30)
+    problem = offline_problem(np.random.default_rng(1), 3, 2, 30)
+    mdp, emp = problem.mdp, problem.emp
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no silent division by zero
         r = theorem_3_2(emp, mdp, emp.pi_beta, 5.0, r_max=R_MAX)
@@ -592,7 +554,9 @@ def test_theorem_3_1_with_a_reachable_unseen_pair() -> None:
 
 
 def test_input_errors_name_the_problem() -> None:
-    mdp, _, emp, rng = _instance(2, 3, 2, 20)
+    rng = np.random.default_rng(2)
+    problem = offline_problem(rng, 3, 2, 20)
+    mdp, emp = problem.mdp, problem.emp
     pi = random_policy(3, 2, rng)
     with pytest.raises(ValueError, match="alpha"):
         theorem_3_1(emp, mdp, pi, -0.5, r_max=R_MAX)
