@@ -52,7 +52,9 @@ class RunConfig:
 
     dataset: str = "pendulum-medium"
     """Dataset: a built-in name (pendulum-*, cartpole-*, inverted-double-pendulum-*, with
-    * = random, medium, expert or medium-expert), a D4RL .hdf5, an .npz, or minari:<id>."""
+    * = random, medium, expert or medium-expert; hopper-*, halfcheetah-*, walker2d-*, with
+    * = random, medium, expert, medium-replay or medium-expert), a D4RL .hdf5, an .npz, or
+    minari:<id>. Built-ins are generated on first use and cached in $CQL_COMPANION_DATA."""
 
     steps: int = 20_000
     """Number of gradient steps (one batch each)."""
@@ -113,6 +115,10 @@ class RunConfig:
     """Discount of the evaluation's Monte-Carlo returns for agents without a γ of their own
     (bc, discrete-bc); default 0.99. Agents with a γ use it, so this option is refused for
     them (set --gamma instead)."""
+
+    returns_to_go: bool = False
+    """Put each transition's discounted Monte-Carlo return-to-go (with the agent's --gamma,
+    on its scaled rewards) in every minibatch, as Cal-QL needs (deep.data.returns_to_go)."""
 
     tensorboard: bool = True
     """Write TensorBoard event files to <out>/tb."""
@@ -198,6 +204,11 @@ def validate_config(config: TrainConfig[Any]) -> None:
         raise ValueError(
             f"--eval-gamma is for agents without a discount of their own; {config.algo} "
             "evaluates with its --gamma"
+        )
+    if run.returns_to_go and not hasattr(config.agent, "gamma"):
+        raise ValueError(
+            f"--returns-to-go discounts with the agent's --gamma; {config.algo} has none "
+            "(it learns no value, so it has no use for returns-to-go)"
         )
 
 

@@ -269,7 +269,14 @@ class _Run:
         self.reward_scale, self.reward_bias = reward_transform(config.agent)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(settings.seed)
-        self.sampler = ReplaySampler(dataset, device, self.generator)
+        self.sampler = ReplaySampler(
+            dataset,
+            device,
+            self.generator,
+            returns_to_go_gamma=self.gamma if settings.returns_to_go else None,
+            reward_scale=self.reward_scale,
+            reward_bias=self.reward_bias,
+        )
 
         run_dir.mkdir(parents=True, exist_ok=True)
         self.start_step = 0
@@ -400,6 +407,7 @@ class _Run:
             tick = time.perf_counter()
             for step in range(self.start_step + 1, settings.steps + 1):
                 buffer.append(step, self.agent.update(self.sampler.sample(settings.batch_size)))
+                bar.update()  # cheap: tqdm redraws at most every mininterval (0.1 s)
                 last = step == settings.steps
                 is_log = step % settings.log_every == 0 or last
                 is_eval = (step % settings.eval_every == 0 or last) and has_env
@@ -424,7 +432,6 @@ class _Run:
                 if is_ckpt:
                     self.save(step)
                 bar.set_postfix(postfix, refresh=False)
-                bar.update(step - bar.n)
                 if self.log.writer is not None and self.train_seconds > 0:
                     rate = step / self.train_seconds
                     self.log.writer.add_scalar("perf/steps_per_second", rate, step)
@@ -512,9 +519,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(json_text({k: v for k, v in summary.items() if k != "final_train_metrics"}), end="")
+        done = target[0]
+        if isinstance(done, str):
+            run_dir = Path(done)
+        else:
+            run_dir = Path(done.run.out) if done.run.out is not None else default_out_dir(done)
+        print(where_the_files_are(run_dir), file=sys.stderr)
         return 0
 
     return main_guard(body, argv, on_interrupt=lambda: _interrupted(target))
+
+
+def where_the_files_are(run_dir: Path) -> str:
+    """The lines a finished run ends with: its folder, what is in it, and what to run next."""
+    described = [
+        (CHECKPOINT_NAME, "the checkpoint (python -m deep.evaluate, deep.train resume)"),
+        (METRICS_NAME, "every logged metric"),
+        (SUMMARY_NAME, "the final numbers (above)"),
+        ("learning_curves.png", "the curves"),
+        ("tb", f"TensorBoard logs (tensorboard --logdir {run_dir / 'tb'})"),
+    ]
+    lines = [f"run folder: {run_dir}"]
+    lines += [f"  {name:20s} {what}" for name, what in described if (run_dir / name).exists()]
+    lines.append(f"re-evaluate: python -m deep.evaluate {run_dir} --episodes 50")
+    return "\n".join(lines)
 
 
 def _interrupted(target: list[TrainConfig[Any] | str]) -> str:

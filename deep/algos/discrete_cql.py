@@ -84,7 +84,7 @@ class DiscreteCQL(AgentBase):
     def update(self, batch: Batch) -> dict[str, Tensor]:
         """One gradient step of w·gap + MSE_TD on every critic; target update by schedule."""
         cfg = self.config
-        obs, act, reward, next_obs, done = batch
+        obs, act, reward, next_obs, done = batch[:5]
         if act.dim() != 1 or act.dtype != torch.int64:
             raise ValueError(
                 f"discrete batch actions must be (B,) int64, got {tuple(act.shape)} {act.dtype}"

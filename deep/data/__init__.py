@@ -74,6 +74,7 @@ from deep.data.dataset import (
     episode_ends,
     episode_returns,
     normalize_dataset,
+    returns_to_go,
     validate_dataset,
 )
 from deep.data.formats import (
@@ -144,6 +145,7 @@ __all__ = [
     "main",
     "measure_reference_scores",
     "normalize_dataset",
+    "returns_to_go",
     "save_npz",
     "validate_dataset",
 ]

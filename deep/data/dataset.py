@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, overload
 
 import numpy as np
+import scipy.signal
 import torch
 
 TRANSITION_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
@@ -34,7 +35,9 @@ class Batch(NamedTuple):
     Shapes: ``observations`` (B, obs_dim) float32; ``actions`` (B, act_dim) float32 for
     continuous control or (B,) int64 for discrete actions; ``rewards`` (B,) float32;
     ``next_observations`` (B, obs_dim); ``terminals`` (B,) float32 in {0, 1} (1 means s' is
-    terminal: no bootstrap; a time-limit truncation is *not* terminal).
+    terminal: no bootstrap; a time-limit truncation is *not* terminal). ``returns_to_go`` (B,)
+    float32, the discounted Monte-Carlo return from each transition to the end of its
+    trajectory (:func:`returns_to_go`), or None when the sampler was not asked for it.
     """
 
     observations: torch.Tensor
@@ -42,6 +45,7 @@ class Batch(NamedTuple):
     rewards: torch.Tensor
     next_observations: torch.Tensor
     terminals: torch.Tensor
+    returns_to_go: torch.Tensor | None = None
 
 
 @dataclass
@@ -102,8 +106,18 @@ class ReplaySampler:
     """
 
     def __init__(
-        self, dataset: OfflineDataset, device: torch.device | str, generator: torch.Generator
+        self,
+        dataset: OfflineDataset,
+        device: torch.device | str,
+        generator: torch.Generator,
+        *,
+        returns_to_go_gamma: float | None = None,
+        reward_scale: float = 1.0,
+        reward_bias: float = 0.0,
     ) -> None:
+        """``returns_to_go_gamma``: also put each transition's :func:`returns_to_go` with this
+        discount in the batch, computed once on the rewards the agent trains on
+        (``reward_scale * r + reward_bias``); None (the default) leaves it out."""
         self.device = torch.device(device)
         # torch.randint needs the generator on the device it samples on; a mismatch would only
         # surface at the first sample() call, far from where the sampler was built.
@@ -123,6 +137,10 @@ class ReplaySampler:
             dataset.next_observations, dtype=torch.float32, device=self.device
         )
         self._term = torch.as_tensor(dataset.terminals, dtype=torch.float32, device=self.device)
+        self._rtg: torch.Tensor | None = None
+        if returns_to_go_gamma is not None:
+            rtg = returns_to_go(dataset, returns_to_go_gamma, reward_scale, reward_bias)
+            self._rtg = torch.as_tensor(rtg, dtype=torch.float32, device=self.device)
         self.size = len(dataset)
 
     def sample(self, batch_size: int) -> Batch:
@@ -131,7 +149,12 @@ class ReplaySampler:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         idx = torch.randint(self.size, (batch_size,), device=self.device, generator=self.generator)
         return Batch(
-            self._obs[idx], self._act[idx], self._rew[idx], self._next[idx], self._term[idx]
+            self._obs[idx],
+            self._act[idx],
+            self._rew[idx],
+            self._next[idx],
+            self._term[idx],
+            None if self._rtg is None else self._rtg[idx],
         )
 
 
@@ -423,6 +446,32 @@ def episode_returns(dataset: OfflineDataset) -> np.ndarray:
         dataset.timeouts is not None and bool(dataset.timeouts[last])
     )
     return returns if finished else returns[:-1]
+
+
+def returns_to_go(
+    dataset: OfflineDataset, gamma: float, reward_scale: float = 1.0, reward_bias: float = 0.0
+) -> np.ndarray:
+    """(N,) float64: the discounted Monte-Carlo return of each transition's trajectory from it
+    on, ``G_j = r_j + gamma G_{j+1}`` inside a segment of :func:`episode_ends`, ``G_j = r_j`` at
+    its last transition, with ``r = reward_scale * reward + reward_bias``.
+
+    This is the return-to-go Cal-QL (Nakamoto et al. 2023) takes as the behaviour policy's
+    value at (s_j, a_j). A segment cut by a time limit or by the end of the data is summed to its
+    end without a bootstrap, as in the official Cal-QL code and CORL: for a truncated segment
+    ``G_j`` leaves out the rewards after the cut (a discount of gamma^k for the k steps left).
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    rewards = reward_scale * np.asarray(dataset.rewards, dtype=np.float64) + reward_bias
+    ends = np.flatnonzero(episode_ends(dataset))
+    out = np.empty_like(rewards)
+    start = 0
+    for end in ends.tolist():
+        # G over one segment, backwards: lfilter computes y_t = x_t + gamma y_{t-1}.
+        seg = rewards[start : end + 1][::-1]
+        out[start : end + 1] = scipy.signal.lfilter([1.0], [1.0, -gamma], seg)[::-1]
+        start = end + 1
+    return out
 
 
 class ObservationNormalizer:

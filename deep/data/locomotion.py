@@ -36,6 +36,10 @@ __all__ = [
     "locomotion_names",
 ]
 
+GENERATION_RATE = 10_000.0
+"""Transitions a locomotion collection gathers per second on one core (MuJoCo and the linear
+behaviour policy; for the time it announces)."""
+
 LOCOMOTION_VERSION = 1
 """Bump when the collection changes: cached files then regenerate."""
 
@@ -128,10 +132,12 @@ def load_locomotion(
     if not use_cache:
         return generate_locomotion(name, n_transitions, seed)
     path = locomotion_cache_path(name, n_transitions, seed, cache_dir)
-    env, _, _, _ = _resolve(name, n_transitions, seed)
+    env, _, n, _ = _resolve(name, n_transitions, seed)
     return cached(
         path,
         name,
         lambda: read_cache(path, name, behaviour.GYM_IDS[env]),
         lambda: generate_locomotion(name, n_transitions, seed),
+        transitions=n,
+        per_second=GENERATION_RATE,
     )

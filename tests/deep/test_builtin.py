@@ -350,3 +350,15 @@ def test_behaviour_policies_draw_noise_only_from_the_given_generator() -> None:
         noisy(obs[:, :2], np.random.default_rng(0))
     with pytest.raises(ValueError, match="exactly one of act_dim or n_actions"):
         UniformRandom()
+
+
+def test_first_use_says_what_it_generates_how_long_and_where(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    builtin.load_builtin("pendulum-random", n_transitions=400, cache_dir=tmp_path)
+    err = capsys.readouterr().err
+    (path,) = tmp_path.iterdir()
+    assert "generating the built-in dataset pendulum-random (400 transitions, about" in err
+    assert str(path) in err and "generated pendulum-random in" in err
+    builtin.load_builtin("pendulum-random", n_transitions=400, cache_dir=tmp_path)
+    assert capsys.readouterr().err == ""  # read from the cache: nothing to say

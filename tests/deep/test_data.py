@@ -37,6 +37,7 @@ from deep.data import (
     load_dataset,
     main,
     normalize_dataset,
+    returns_to_go,
     save_npz,
     validate_dataset,
 )
@@ -694,8 +695,9 @@ def test_sampler_shapes_dtypes_device_and_row_consistency() -> None:
     b = sampler.sample(64)
     assert b.observations.shape == (64, 2) and b.next_observations.shape == (64, 2)
     assert b.actions.shape == (64, 1) and b.rewards.shape == (64,) and b.terminals.shape == (64,)
-    for t in b:
+    for t in b[:5]:
         assert t.device == torch.device("cpu") and t.dtype == torch.float32
+    assert b.returns_to_go is None  # only when asked for
     idx = b.rewards
     torch.testing.assert_close(b.observations[:, 0], idx)
     torch.testing.assert_close(b.next_observations[:, 0], idx + 0.5)
@@ -757,3 +759,58 @@ def test_cli_export_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["info", str(tmp_path / "table.csv")]) == 2
     assert "unsupported suffix '.csv'" in capsys.readouterr().err
     assert "name: hopper-medium-v2" in proc.stdout and "env_id: Hopper-v5" in proc.stdout
+
+
+# --- returns-to-go (Cal-QL's Monte-Carlo values) ---------------------------------------------
+
+
+def _three_segments() -> OfflineDataset:
+    # Episode A: 3 steps ending in a terminal; episode B: 2 steps cut by a timeout; episode C:
+    # 2 steps cut by the end of the data. Observations chain inside each episode only.
+    obs = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [20.0], [21.0]], dtype=np.float32)
+    nxt = np.array([[1.0], [2.0], [3.0], [11.0], [12.0], [21.0], [22.0]], dtype=np.float32)
+    return validate_dataset(
+        OfflineDataset(
+            observations=obs,
+            actions=np.zeros((7, 1), dtype=np.float32),
+            rewards=np.array([1.0, 2.0, 4.0, 1.0, 1.0, 3.0, 5.0], dtype=np.float32),
+            next_observations=nxt,
+            terminals=np.array([0, 0, 1, 0, 0, 0, 0], dtype=bool),
+            timeouts=np.array([0, 0, 0, 0, 1, 0, 0], dtype=bool),
+        )
+    )
+
+
+def test_returns_to_go_hand_worked() -> None:
+    g = 0.5
+    expected = [
+        1 + g * 2 + g * g * 4,  # 3.0
+        2 + g * 4,  # 4.0
+        4.0,  # the terminal: its reward alone
+        1 + g * 1,  # the timeout ends the sum (no bootstrap)
+        1.0,
+        3 + g * 5,  # the end of the data ends it too
+        5.0,
+    ]
+    np.testing.assert_allclose(returns_to_go(_three_segments(), g), expected)
+    # The agent's reward transform applies before discounting: r' = 2 r - 1.
+    scaled = returns_to_go(_three_segments(), g, reward_scale=2.0, reward_bias=-1.0)
+    assert scaled[2] == pytest.approx(7.0) and scaled[1] == pytest.approx(3.0 + g * 7.0)
+    with pytest.raises(ValueError, match="gamma"):
+        returns_to_go(_three_segments(), 1.5)
+
+
+def test_sampler_puts_returns_to_go_in_the_batch_only_when_asked() -> None:
+    data = _three_segments()
+    plain = ReplaySampler(data, "cpu", torch.Generator().manual_seed(0)).sample(64)
+    assert plain.returns_to_go is None
+    batch = ReplaySampler(
+        data, "cpu", torch.Generator().manual_seed(0), returns_to_go_gamma=0.5
+    ).sample(64)
+    assert batch.returns_to_go is not None and batch.returns_to_go.shape == (64,)
+    # Each row's return-to-go is the one of its own transition (matched by its observation).
+    table = dict(zip(data.observations[:, 0].tolist(), returns_to_go(data, 0.5), strict=True))
+    for o, g in zip(batch.observations[:, 0].tolist(), batch.returns_to_go.tolist(), strict=True):
+        assert g == pytest.approx(table[o])
+    # The same draws as without it: asking for it changes nothing else.
+    torch.testing.assert_close(batch.observations, plain.observations)

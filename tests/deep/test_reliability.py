@@ -107,6 +107,8 @@ def test_resume_refuses_changed_data_and_restores_the_normaliser(
     data.write_bytes(pendulum.read_bytes())
     out = tmp_path / "run"
     assert train.main(tiny(data, out, steps=4)) == 0
+    # A finished run ends by saying where its files are.
+    assert f"run folder: {out}" in capsys.readouterr().err.splitlines()
     saved = json.loads((out / "config.json").read_text())
     assert Path(saved["train"]["dataset"]).is_absolute()  # resumes read the same file
     (out / "summary.json").unlink()

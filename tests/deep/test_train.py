@@ -32,6 +32,7 @@ from deep import demo, evaluate, evaluation, runlog, train
 from deep.algos import get_algorithm
 from deep.config import RunConfig, make_config
 from deep.data import generate_builtin, save_npz
+from deep.envs import builtin_names
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -161,6 +162,7 @@ def test_console_entry_writes_tensorboard_and_plots(
         ({"algo": "sac", "cql_weight": 3.0}, "(algorithm sac) has no field(s) ['cql_weight']"),
         ({"algo": "bc", "critic_lr": 1e-3}, "(algorithm bc) has no field(s) ['critic_lr']"),
         ({"algo": "sac", "eval_gamma": 0.5}, "--eval-gamma is for agents without a discount"),
+        ({"algo": "bc", "returns_to_go": True}, "--returns-to-go discounts with the agent's"),
         ({"checkpoint_every": 3}, "multiple of --log-every"),
         ({"steps": 0}, "--steps must be >= 1"),
         ({"algo": "discrete-cql"}, "is for discrete actions"),
@@ -171,6 +173,26 @@ def test_bad_options_are_named(
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         train.run(tiny_config(datasets["pendulum"], tmp_path / "run", **overrides))
+
+
+def test_returns_to_go_reach_the_agent_with_its_gamma(
+    datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Any] = []
+    real = train.ReplaySampler.sample
+
+    def spy(self: Any, batch_size: int) -> Any:
+        batch = real(self, batch_size)
+        seen.append(batch.returns_to_go)
+        return batch
+
+    monkeypatch.setattr(train.ReplaySampler, "sample", spy)
+    config = tiny_config(datasets["pendulum"], tmp_path / "on", algo="sac", returns_to_go=True)
+    train.run(config)
+    assert seen and all(g is not None and g.shape == (16,) for g in seen)
+    seen.clear()
+    train.run(tiny_config(datasets["pendulum"], tmp_path / "off", algo="sac"))
+    assert seen and all(g is None for g in seen)  # off by default
 
 
 def test_continuous_algo_on_discrete_data_is_refused(
@@ -198,6 +220,11 @@ def test_command_line_lists_every_field_and_refuses_foreign_ones(
     for option in ("--cql-estimator", "--lagrange-lr", "--backup-entropy", "--log-std-min"):
         assert option in text, option
     assert "--precision" in text and "--dataset" in text
+    # --dataset's help names every family of built-in datasets (as NAME-*) and every level.
+    families = re.findall(r"([a-z0-9-]+)-\*", " ".join(text.split()))
+    for name in builtin_names():
+        assert any(name.startswith(f + "-") for f in families), name
+        assert name.split("-")[-1] in text, name
     # An option of another algorithm is refused by the parser, before any work.
     for argv in (["sac", "--cql-weight", "3"], ["bc", "--critic-lr", "1e-3"]):
         with pytest.raises(SystemExit) as exit_info:
