@@ -63,6 +63,11 @@ INTERVALS_PNG = "intervals.png"
 PROFILES_PNG = "profiles.png"
 TRAINING_PNG = "training.png"
 VALUES_PNG = "values.png"
+REPORT_FILES = frozenset(
+    {RESULTS_MD, RESULTS_JSON, INTERVALS_PNG, PROFILES_PNG, TRAINING_PNG, VALUES_PNG}
+)
+"""Every file :func:`report` may write into its output folder (deep.sweep counts them as its
+own when it checks a sweep folder)."""
 
 SCORE_KEY = "eval/normalized_score"
 Q_KEY = "eval/q_estimate"
@@ -760,7 +765,12 @@ class ReportConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``python -m deep.report DIR``)."""
-    config = tyro.cli(ReportConfig, args=argv, description=(__doc__ or "").split("\n\n")[0])
+    config = tyro.cli(
+        ReportConfig,
+        args=argv,
+        prog="python -m deep.report",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
     try:
         results = report(
             config.root, config.out, config.seed, config.reps, config.confidence, config.plots

@@ -90,9 +90,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 INSTALL_HINT = "pip install -e .[sweep]"
 
 # What deep.report writes into the sweep folder; with the two files above, all that is ours.
-_REPORT_FILES = frozenset(
-    {"results.md", "results.json", "intervals.png", "profiles.png", "training.png"}
-)
+_REPORT_FILES = report_module.REPORT_FILES
 # Set by the sweep itself (its lists and resources), so not allowed among the settings.
 _RESERVED = frozenset({"algo", "dataset", "seed", "out", "resume", "threads", "device"})
 _SPEC_KEYS = frozenset({"algos", "datasets", "seeds", "out", "train", "grid"})

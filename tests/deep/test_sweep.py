@@ -173,6 +173,20 @@ def test_without_ray(
     assert events == ["start", "done", "skip"]
 
 
+def test_a_sweep_with_a_critic_continues_after_its_report(tmp_path: Path) -> None:
+    # The report of a sweep with a critic writes values.png; running the same sweep again must
+    # count every report file as the sweep's own and continue (skip the finished trial).
+    args = ["--algos", "sac", "--datasets", "pendulum-medium", "--seeds", "0", "--set", *TINY]
+    args += ["sac:critic_hidden=[32,32]", "sac:actor_hidden=[32,32]", "--workers", "1"]
+    args += ["--out", str(tmp_path), "--reps", "50"]
+    assert sweep.main(args) == 0
+    written = {p.name for p in tmp_path.iterdir() if p.is_file()}
+    assert report.VALUES_PNG in written
+    assert written - {sweep.SPEC_NAME, sweep.EVENTS_NAME} <= report.REPORT_FILES
+    assert sweep.main(args) == 0
+    assert [e["event"] for e in sweep.read_events(tmp_path)] == ["start", "done", "skip"]
+
+
 # ------------------------------------------------------------------------------ on Ray
 
 
