@@ -127,6 +127,19 @@ class BenchSetting:
     """Discount."""
     target_tau: float = 5e-3
     """Polyak rate of the target critics."""
+    estimator: Literal["importance", "rho"] = "importance"
+    """CQL's log-sum-exp estimator (ours only; d3rlpy's is the importance-sampled one)."""
+    data_in_push_down: bool = False
+    """Q(s, a_D) in the log-sum-exp beside the sampled actions (ours only; needs "rho")."""
+
+
+SETTINGS: dict[str, BenchSetting] = {
+    "standard": BenchSetting(),
+    "fast": BenchSetting(n_actions=1, estimator="rho", data_in_push_down=True),
+}
+"""Named settings: ``standard`` is the gym-mujoco CQL of the paper (N = 10, importance
+sampling), ``fast`` the ``cql-fast`` preset (N = 1, CQL(ρ) with the data action). The peer is
+always timed at ``standard``."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -312,6 +325,8 @@ def bench_config(setting: BenchSetting, precision: Precision = "fp32") -> CQLCon
         auto_entropy=True,
         cql_weight=setting.cql_weight,
         cql_n_actions=setting.n_actions,
+        cql_estimator=setting.estimator,
+        cql_data_in_push_down=setting.data_in_push_down,
         lagrange=False,
         precision=precision,
     )
@@ -606,10 +621,12 @@ def run_case(
     warmup: int = 3,
     seed: int = 0,
     clock: Clock = "wall",
+    peer_setting: BenchSetting | None = None,
 ) -> dict[str, Any]:
     """Time case ``case`` (a key of :data:`CASES`); the JSON record described in the module
     docstring. Each repeat measures the matmul rate, then ``steps`` of our updates, then
-    (with ``peer``) ``steps`` of the peer's, so all three see the same load."""
+    (with ``peer``) ``steps`` of the peer's, so all three see the same load. The peer runs
+    ``peer_setting`` (default: ``setting``)."""
     if case not in CASES:
         raise ValueError(f"unknown case {case!r}; choose from {sorted(CASES)}")
     if peer not in (None, "d3rlpy"):
@@ -623,7 +640,12 @@ def run_case(
     theirs: StepFn | None = None
     if peer == "d3rlpy":
         _, theirs = make_d3rlpy_update(
-            obs_dim, act_dim, setting, device=device, compile=compile, seed=seed
+            obs_dim,
+            act_dim,
+            peer_setting if peer_setting is not None else setting,
+            device=device,
+            compile=compile,
+            seed=seed,
         )
     for _ in range(warmup):
         ours()
@@ -683,7 +705,18 @@ def _main(argv: list[str]) -> int:
         prog="python -m deep.bench", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--case", choices=sorted(CASES), action="append", help="default: all")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument(
+        "--setting",
+        choices=sorted(SETTINGS),
+        action="append",
+        help="named CQL setting to time (repeatable; default: standard and fast)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        action="append",
+        help="repeatable; default: fp32",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the update")
     parser.add_argument("--peer", choices=("d3rlpy",), default=None)
@@ -716,20 +749,27 @@ def _main(argv: list[str]) -> int:
     if args.malloc == "tuned" and not malloc_tuned:
         print("deep.bench: --malloc tuned needs glibc; running with the default", file=sys.stderr)
     for case in args.case or list(CASES):
-        record = run_case(
-            case,
-            precision=args.precision,
-            device=args.device,
-            compile=args.compile,
-            peer=args.peer,
-            steps=args.steps,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            seed=args.seed,
-            clock=args.clock,
-        )
-        record["malloc"] = "tuned" if malloc_tuned else "default"
-        print(json.dumps(record), flush=True)
+        for name in args.setting or ["standard", "fast"]:
+            for precision in args.precision or ["fp32"]:
+                record = run_case(
+                    case,
+                    setting=SETTINGS[name],
+                    precision=precision,
+                    device=args.device,
+                    compile=args.compile,
+                    peer=args.peer,
+                    steps=args.steps,
+                    repeats=args.repeats,
+                    warmup=args.warmup,
+                    seed=args.seed,
+                    clock=args.clock,
+                    peer_setting=SETTINGS["standard"],
+                )
+                record["setting"] = name
+                if args.peer is not None:
+                    record["peer_setting"] = "standard"
+                record["malloc"] = "tuned" if malloc_tuned else "default"
+                print(json.dumps(record), flush=True)
     return 0
 
 

@@ -196,6 +196,15 @@ _BUILTIN: tuple[Algorithm[Any], ...] = (
         preset={"cql_estimator": "rho"},
     ),
     Algorithm(
+        "cql-fast",
+        CQLConfig,
+        CQL,
+        discrete=False,
+        summary="CQL(ρ) with one sampled action per group (not ten) and Q(s, a_D) in the "
+        "log-sum-exp: a far cheaper update.",
+        preset={"cql_n_actions": 1, "cql_estimator": "rho", "cql_data_in_push_down": True},
+    ),
+    Algorithm(
         "sac",
         SACConfig,
         OfflineSAC,

@@ -4,6 +4,7 @@ host-read detector, and one tiny run of the command line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -223,13 +224,27 @@ def test_run_case_record_and_bad_names(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_command_line_prints_one_json_line_per_case(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(bench, "BenchSetting", lambda: TINY)
+    fast = dataclasses.replace(TINY, n_actions=1, estimator="rho", data_in_push_down=True)
+    monkeypatch.setattr(bench, "SETTINGS", {"standard": TINY, "fast": fast})
     monkeypatch.setattr(bench, "matmul_gflops", lambda *args, **kwargs: 100.0)
     bench.main(["--steps", "1", "--repeats", "1", "--warmup", "0", "--threads", "1"])
     lines = capsys.readouterr().out.strip().splitlines()
     records = [json.loads(line) for line in lines]
-    assert [r["case"] for r in records] == ["hopper(11,3)", "halfcheetah(17,6)"]
+    # One line per case and named setting (default: standard and fast), fp32 by default.
+    assert [(r["case"], r["setting"]) for r in records] == [
+        ("hopper(11,3)", "standard"),
+        ("hopper(11,3)", "fast"),
+        ("halfcheetah(17,6)", "standard"),
+        ("halfcheetah(17,6)", "fast"),
+    ]
     assert all(r["steps_per_second"] > 0 and r["device"] == "cpu" for r in records)
+    assert all(r["precision"] == "fp32" for r in records)
+    # The fast setting counts a tenth of the standard one's sampled-action arithmetic.
+    assert records[1]["update_gflop"] < records[0]["update_gflop"]
+    bench.main(["--case", "hopper", "--setting", "fast", "--precision", "fp32",
+                "--precision", "bf16", "--steps", "1", "--repeats", "1", "--warmup", "0"])  # fmt: skip
+    records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [(r["setting"], r["precision"]) for r in records] == [("fast", "fp32"), ("fast", "bf16")]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
