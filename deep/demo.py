@@ -40,6 +40,7 @@ and every policy stays near random. Re-running reuses finished runs with the sam
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -61,6 +62,8 @@ from deep.config import RunConfig, TrainConfig, config_to_dict, make_config
 from deep.data import episode_returns, load_dataset
 from deep.envs import normalized_score
 from deep.evaluate import evaluate_checkpoint
+from deep.files import atomic_write_text
+from deep.runlog import write_json
 from deep.train import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, run
 
 LABELS = {"cql": "CQL", "sac": "offline SAC", "bc": "BC"}
@@ -267,6 +270,29 @@ What this run shows:
 {table}"""
 
 
+RESULTS_JSON = "results.json"
+"""The demo's settings and final numbers, read by notebook 08 (``docs/results/demo.json`` is
+the committed copy of one run of ``python -m deep.demo``)."""
+
+
+def results_record(demo: DemoConfig, final: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The demo's settings (every :class:`DemoConfig` field but ``out`` and ``workers``) and,
+    per algorithm, the final score, the critic's Q(s0, pi(s0)) and the Monte-Carlo return."""
+    settings = {k: v for k, v in dataclasses.asdict(demo).items() if k not in ("out", "workers")}
+    return {
+        "command": "python -m deep.demo",
+        "settings": settings,
+        "final": {
+            algo: {
+                "normalized_score": r["eval/normalized_score"],
+                "q_estimate": r["eval/q_estimate"],
+                "mc_return": r["eval/mc_return"],
+            }
+            for algo, r in final.items()
+        },
+    }
+
+
 def observations(final: dict[str, dict[str, Any]], behaviour: str) -> str:
     """Bullet points stating, from the numbers, what each critic did and who scored best."""
     lines = []
@@ -305,7 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    demo = tyro.cli(DemoConfig, args=argv, description=(__doc__ or "").split("\n\n")[0])
+    demo = tyro.cli(
+        DemoConfig,
+        args=argv,
+        prog="python -m deep.demo",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
     if demo.final_episodes < 1 or demo.workers < 1:
         raise SystemExit(
             f"--final-episodes and --workers must be >= 1, got {demo.final_episodes} and "
@@ -352,9 +383,11 @@ def _demo(demo: DemoConfig) -> int:
         for algo, c in configs.items()
     }
     table = results_table(final, summaries)
-    (out / "results.md").write_text(table)
+    atomic_write_text(out / "results.md", table)
+    write_json(out / RESULTS_JSON, results_record(demo, final))
     minutes = (time.perf_counter() - start) / 60
-    (out / "README.md").write_text(
+    atomic_write_text(
+        out / "README.md",
         README.format(
             dataset=demo.dataset,
             seed=demo.seed,
@@ -368,11 +401,14 @@ def _demo(demo: DemoConfig) -> int:
             weight=demo.cql_weight,
             hidden="×".join(map(str, demo.hidden_dims)),
             steps=", ".join(f"{LABELS[a]} {c.run.steps:,}" for a, c in configs.items()),
-        )
+        ),
     )
     print()
     print(table)
-    print(f"Wrote {out}/README.md, results.md, comparison.png in {minutes:.1f} minutes.")
+    print(
+        f"Wrote {out}/README.md, results.md, {RESULTS_JSON}, comparison.png in "
+        f"{minutes:.1f} minutes."
+    )
     return 0
 
 

@@ -156,7 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``python -m deep.evaluate``, ``cql-evaluate``)."""
 
     def body(argv: list[str]) -> int:
-        args = tyro.cli(EvaluateConfig, args=argv, description=(__doc__ or "").split("\n\n")[0])
+        args = tyro.cli(
+            EvaluateConfig,
+            args=argv,
+            prog="python -m deep.evaluate",
+            description=(__doc__ or "").split("\n\n")[0],
+        )
         result = evaluate_checkpoint(
             args.checkpoint, args.episodes, args.seed, args.env_id, args.device
         )

@@ -193,7 +193,9 @@ def cql_regularizer(
     ``"importance"`` — CQL(H) with the importance-sampled estimate of App. F for continuous
     actions. The M = 3N actions are N uniform on [−1, 1]^d (log density −d log 2, see
     :func:`uniform_log_density`), N from π(·|s) and N from π(·|s') — all three groups scored by
-    Q at state **s** (the blog's code scores the third group at s', a bug). Each group is an
+    Q at state **s** (the code of the blog post
+    “CQL: Conservative Q-Learning for Offline Reinforcement Learning” scores
+    the third group at s', a bug). Each group is an
     unbiased importance-sampling estimate of ∫ exp(Q(s,a)/T) da, so is their average:
         push_down(s) = T [log Σ_{j=1}^{M} exp(Q(s, a_j)/T − log q_j(a_j)) − log M],
     with ``log_density`` = log q_j(a_j), broadcastable to (B, M), detached by the caller.

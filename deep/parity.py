@@ -791,7 +791,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    p = tyro.cli(ParityConfig, args=argv, description=(__doc__ or "").split("\n\n")[0])
+    p = tyro.cli(
+        ParityConfig,
+        args=argv,
+        prog="python -m deep.parity",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
     _check(p)
     root = Path(p.out)
     peer = p.peer

@@ -50,8 +50,8 @@ np.set_printoptions(precision=3, suppress=True)
 # \hat r(s, a) = \frac{1}{n(s, a)} \sum_{i:\, (s_i, a_i) = (s, a)} r_i .
 # $$
 #
-# $\hat r$ is the **mean reward** observed at $(s, a)$. (The explainer this project follows
-# prints $\hat r$ with $\hat T$'s counting formula, a typo: a reward estimate averages rewards.)
+# $\hat r$ is the **mean reward** observed at $(s, a)$. (The Chinese-language blog post
+# “CQL: Conservative Q-Learning for Offline Reinforcement Learning” prints $\hat r$ with $\hat T$'s counting formula, a typo: a reward estimate averages rewards.)
 
 # %% [markdown]
 # ## A dataset small enough to count by hand

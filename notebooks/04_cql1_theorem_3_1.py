@@ -286,3 +286,44 @@ assert np.all(np.array(worst_q)[sweep >= alpha_actual] <= 1e-9)
 assert theorem_3_1(
     emp, true_mdp, pi, 1.01 * t_star.alpha_threshold, r_max=r_max, mu=mu
 ).conclusion_holds
+
+# %% [markdown]
+# ## Your own property test
+#
+# One MDP is an example; a theorem is a claim about all of them. `theory.strategies` draws
+# random MDPs, datasets from them with their counts, and policies the data supports, for
+# [hypothesis](https://hypothesis.readthedocs.io), which searches them for a counterexample.
+# Two kinds of statement must be told apart. Given its premise (the Bellman sampling error
+# below $C_{r,T,\delta} R_{\max}/\sqrt{n}$ at every pair), the bound holds **always**:
+# `check()` asserts every such statement. The premise itself holds only with **probability
+# $1-\delta$** over datasets, so no single example may be asked to satisfy it: a test asserts
+# the conclusion where the premise holds (`premise_holds`), or counts a failure rate over many
+# datasets. On some datasets no $\alpha$ gives a bound at all (an unseen pair is reachable:
+# $\alpha^\star = \infty$); `vacuous` labels them and the test reports how often (`event`).
+# The cell below is a complete test file, the same as the README's; save it as
+# `test_theorem_3_1.py` and run `pytest` on it.
+
+# %%
+from hypothesis import assume, event, given
+from hypothesis import strategies as st
+
+from theory.bounds import theorem_3_1
+from theory.strategies import offline_problems, policies, supported_policies
+
+
+@given(offline_problems(), st.floats(1.0, 3.0), st.data())
+def test_cql1_is_a_lower_bound_above_the_threshold(problem, frac, data):
+    emp, mdp = problem.emp, problem.mdp
+    pi = data.draw(policies(problem.n_states, problem.n_actions))
+    mu = data.draw(supported_policies(emp))  # supp mu within supp pi_beta_hat
+    threshold = theorem_3_1(emp, mdp, pi, 0.0, r_max=problem.r_max, mu=mu).alpha_threshold
+    event("vacuous" if threshold == float("inf") else "alpha_threshold finite")
+    assume(threshold < float("inf"))  # no alpha gives a bound on this dataset
+    r = theorem_3_1(emp, mdp, pi, frac * threshold, r_max=problem.r_max, mu=mu)
+    r.check()  # every statement that holds always
+    if r.premise_holds:  # true with probability >= 1 - delta over datasets
+        assert r.conclusion_holds  # Q_hat <= Q^pi on every state of the data
+
+# %%
+test_cql1_is_a_lower_bound_above_the_threshold()  # hypothesis runs 100 random examples
+print("Theorem 3.1 held on every example above its threshold")

@@ -14,8 +14,9 @@
 #
 # The price: $\hat Q$ is no longer below $Q^\pi$ at every pair. What survives, with
 # $\mu = \pi$, is a bound on the **value** $\hat V(s) = \sum_a \pi(a \mid s) \hat Q(s, a)$:
-# Theorem 3.2. The explainer this project follows leaves that theorem "TBD"; this notebook
-# states it, proves it step by step, and checks each step in numbers.
+# Theorem 3.2. The blog post
+# “CQL: Conservative Q-Learning for Offline Reinforcement Learning” leaves that
+# theorem "TBD"; this notebook states it, proves it step by step, and checks each step in numbers.
 
 # %%
 import matplotlib.pyplot as plt

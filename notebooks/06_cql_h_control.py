@@ -67,8 +67,9 @@ np.set_printoptions(precision=3, suppress=True)
 #
 # With a temperature $\tau$ ($\tau\mathcal{H}$ instead of $\mathcal{H}$) the same argument gives
 # $\tau \log\sum_a e^{q_a/\tau}$ and $\mathrm{softmax}(q/\tau)$. The $\alpha$ of Eq. 3 multiplies the
-# whole bracket (in the explainer it is written on $\mathbb{E}_\mu[Q]$ alone, where the identity
-# would need $\alpha = 1$), so Eq. 3 becomes (Eq. 4)
+# whole bracket (in the blog post
+# “CQL: Conservative Q-Learning for Offline Reinforcement Learning” it is
+# written on $\mathbb{E}_\mu[Q]$ alone, where the identity would need $\alpha = 1$), so Eq. 3 becomes (Eq. 4)
 #
 # $$
 # \min_Q \; \alpha\, \mathbb{E}_{s \sim \mathcal{D}}\Big[\tau \log \sum_a e^{Q(s, a)/\tau} - \mathbb{E}_{a \sim \hat\pi_\beta} Q(s, a)\Big]

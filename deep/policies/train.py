@@ -253,7 +253,7 @@ def train(args: TrainArgs, command: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    args = tyro.cli(TrainArgs, args=argv)
+    args = tyro.cli(TrainArgs, args=argv, prog="python -m deep.policies.train")
     record = train(args, "python -m deep.policies.train " + shlex.join(argv))
     print(json.dumps({k: record[k] for k in ("wall_seconds", "env_steps", "medium", "expert")}))
 
