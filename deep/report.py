@@ -707,6 +707,10 @@ def report(
 ) -> dict[str, Any]:
     """Find the runs below ``root``, write results.md / results.json (and PNGs) to ``out``
     (default ``root``), and return the results. Raises FileNotFoundError when there is no run."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"--confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
+    if reps < 1:
+        raise ValueError(f"--reps must be >= 1, got {reps}")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")

@@ -765,6 +765,8 @@ def run_sweep(
         raise SweepError(f"--gpus-per-trial must be at least 0, got {gpus_per_trial}")
     if workers is not None and workers < 1:
         raise SweepError(f"--workers must be at least 1, got {workers}")
+    if report and reps < 1:
+        raise SweepError(f"--reps must be at least 1, got {reps}")
     address = address or os.environ.get("RAY_ADDRESS") or None
     local = workers == 1 and address is None
     if not local:

@@ -14,6 +14,10 @@ Snapshots (see :func:`train`): ``medium`` is the first iterate whose noisy evalu
 the most robust of the best iterates evaluated every ``eval_every`` iterations. The run stops
 at ``max_steps`` training steps, or once an evaluation reaches ``stop_score``: both are
 deterministic; ``max_seconds`` is a wall-clock safety net that is not (it is recorded).
+
+``--out`` defaults to ``runs/policies``; the shipped weights were written with
+``--out deep/policies/weights``, which now also needs ``--force`` (they define every built-in
+locomotion dataset, so replacing them changes those datasets).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import gymnasium as gym
 import numpy as np
 import tyro
 
+from deep.cli import main_guard
 from deep.policies.ars import ARSConfig, LinearPolicy, ars
 from deep.policies.locomotion import (
     ACTION_NOISE,
@@ -83,8 +88,13 @@ class TrainArgs:
     """α (default: DEFAULTS)."""
     noise: float | None = None
     """ν (default: DEFAULTS)."""
-    out: Path = WEIGHTS_DIR
-    """Folder for the weights and the record."""
+    out: Path = Path("runs/policies")
+    """Folder for the weights and the record. The shipped weights (deep/policies/weights)
+    define the built-in locomotion datasets; replacing them needs that folder here and
+    --force."""
+
+    force: bool = False
+    """Replace an existing <out>/<env>.npz and .json."""
 
 
 def resolved_config(args: TrainArgs) -> tuple[ARSConfig, int]:
@@ -127,6 +137,23 @@ CHECKED_ITERATIONS = 10
 EXPERT_CANDIDATES = 3
 
 
+def check_out(args: TrainArgs) -> None:
+    """Refuse, before any training, an ``--out`` that is a file or already holds this env's
+    weights (without ``--force``): the shipped ones define every built-in locomotion dataset."""
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file, not a folder; choose another --out")
+    existing = [
+        p for p in (args.out / f"{args.env}.npz", args.out / f"{args.env}.json") if p.exists()
+    ]
+    if existing and not args.force:
+        shipped = args.out.resolve() == WEIGHTS_DIR.resolve()
+        what = " (the shipped weights: every built-in dataset of this env depends on them)"
+        raise ValueError(
+            f"{existing[0]} exists{what if shipped else ''}; choose another --out, or pass "
+            "--force to replace it"
+        )
+
+
 def train(args: TrainArgs, command: str) -> dict[str, Any]:
     """Run ARS, keep the medium and expert snapshots, write the files; returns the record.
 
@@ -138,6 +165,7 @@ def train(args: TrainArgs, command: str) -> dict[str, Any]:
     episode prefers the robust ones). The run stops when an evaluation's worst episode reaches
     ``stop_score``.
     """
+    check_out(args)
     config, max_steps = resolved_config(args)
     env_id = GYM_IDS[args.env]
     eval_seed = args.seed + 1_000
@@ -251,12 +279,16 @@ def train(args: TrainArgs, command: str) -> dict[str, Any]:
     return record
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+def main(argv: list[str] | None = None) -> int:
+    return main_guard(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = tyro.cli(TrainArgs, args=argv, prog="python -m deep.policies.train")
     record = train(args, "python -m deep.policies.train " + shlex.join(argv))
     print(json.dumps({k: record[k] for k in ("wall_seconds", "env_steps", "medium", "expert")}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

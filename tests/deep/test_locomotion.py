@@ -317,3 +317,16 @@ def test_info_prints_the_behaviour_table(capsys: pytest.CaptureFixture[str]) -> 
     loco.main(["info", "--envs", "halfcheetah", "--levels", "random", "--n-transitions", "1"])
     out = capsys.readouterr().out
     assert "| halfcheetah-random | 1000 | 1 |" in out
+
+
+def test_train_refuses_to_replace_weights_before_any_work(tmp_path: Path) -> None:
+    # The shipped weights define every built-in locomotion dataset: never replaced silently.
+    with pytest.raises(ValueError, match=r"the shipped weights.*--force"):
+        train(TrainArgs("hopper", out=loco.WEIGHTS_DIR), "test")
+    (tmp_path / "hopper.npz").write_bytes(b"mine")
+    with pytest.raises(ValueError, match=r"hopper\.npz exists; choose another --out"):
+        train(TrainArgs("hopper", out=tmp_path), "test")
+    assert (tmp_path / "hopper.npz").read_bytes() == b"mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        train(TrainArgs("hopper", out=tmp_path / "file"), "test")

@@ -234,3 +234,20 @@ def test_cli_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[st
     (tmp_path / "x" / "summary.json").write_text("{broken")
     assert report.main([str(tmp_path)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--confidence", "1.5"], "--confidence must be between 0 and 1"),
+        (["--confidence", "0"], "--confidence must be between 0 and 1"),
+        (["--reps", "0"], "--reps must be >= 1"),
+    ],
+)
+def test_bad_interval_options_are_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str], message: str
+) -> None:
+    assert report.main([str(tmp_path), *option]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err
+    assert not list(tmp_path.iterdir())  # nothing written

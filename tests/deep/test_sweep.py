@@ -173,6 +173,15 @@ def test_without_ray(
     assert events == ["start", "done", "skip"]
 
 
+def test_reps_zero_is_refused_before_any_trial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--algos", "bc", "--datasets", "pendulum-medium", "--seeds", "0", "--set", *TINY]
+    assert sweep.main([*args, "--workers", "1", "--out", str(tmp_path / "s"), "--reps", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --reps must be at least 1, got 0"
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_sweep_with_a_critic_continues_after_its_report(tmp_path: Path) -> None:
     # The report of a sweep with a critic writes values.png; running the same sweep again must
     # count every report file as the sweep's own and continue (skip the finished trial).
