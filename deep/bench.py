@@ -74,9 +74,9 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from deep.algos import CQL, CQLConfig
+from deep.batch import Batch
 from deep.cli import main_guard
 from deep.config import resolve_device
-from deep.data import Batch
 
 __all__ = [
     "CASES",

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deep.data import Batch
+from deep.batch import Batch
 
 __all__ = [
     "Agent",

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deep.algos.base import AgentBase, Device, Seed, as_batch, check_positive, resolve_config
-from deep.data import Batch
+from deep.batch import Batch
 from deep.losses import bc_mse_loss, bc_nll_loss
 from deep.nets import MLP, TanhGaussianActor
 

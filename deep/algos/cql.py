@@ -32,7 +32,7 @@ from torch import Tensor
 
 from deep.algos.base import Device, Seed, check_positive
 from deep.algos.sac import CriticLoss, OfflineSAC, PolicyAt, SACConfig, SACDraws
-from deep.data import Batch
+from deep.batch import Batch
 from deep.losses import cql_regularizer, lagrange_loss, td_loss, uniform_log_density
 from deep.nets import tanh_gaussian_from_noise
 

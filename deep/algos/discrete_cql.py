@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from deep.algos.base import AgentBase, Device, Seed, as_batch, check_positive, resolve_config
-from deep.data import Batch
+from deep.batch import Batch
 from deep.losses import cql_regularizer, double_dqn_target, td_loss
 from deep.nets import EnsembleDiscreteQ, polyak_update
 

@@ -45,7 +45,7 @@ from deep.algos.base import (
     check_positive,
     resolve_config,
 )
-from deep.data import Batch
+from deep.batch import Batch
 from deep.losses import (
     actor_loss,
     bc_nll_loss,

@@ -25,7 +25,7 @@ from deep.algos import (
     SACConfig,
     make_agent,
 )
-from deep.data import Batch
+from deep.batch import Batch
 from deep.losses import uniform_log_density
 
 OBS, ACT, N_ACTIONS, B = 5, 3, 4, 32
