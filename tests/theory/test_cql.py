@@ -15,6 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from theory.cql import (
+    behaviour_reference,
+    cal_ql_evaluate,
+    cal_ql_step,
     cql_control,
     cql_evaluate,
     cql_h_argmin,
@@ -29,12 +32,20 @@ from theory.data import EmpiricalMDP, sample_dataset
 from theory.mdp import (
     InvalidMDPError,
     TabularMDP,
+    bellman,
     chain_mdp,
     greedy_policy,
     policy_evaluation,
     random_mdp,
     random_policy,
     value_iteration,
+)
+from theory.strategies import (
+    OfflineProblem,
+    offline_problem,
+    offline_problems,
+    supported_policies,
+    supported_policy,
 )
 
 # --- instances and independent oracles ------------------------------------------------------
@@ -494,3 +505,63 @@ def test_cql_h_on_a_sparse_empirical_mdp() -> None:
     pen = np.where(emp.seen, p / np.where(emp.seen, emp.pi_beta, 1.0) - 1.0, 0.0)
     assert np.max(np.abs(res.q - b + 3.0 * pen)) < 1e-10
     assert res.residual < 1e-10
+
+
+# --- Cal-QL: the calibrated fixed point ----------------------------------------------------
+
+
+@settings(max_examples=200)
+@given(target=st.floats(-5, 5), ref=st.floats(-5, 5), rho=st.floats(0, 4), alpha=st.floats(0, 5))
+def test_cal_ql_step_is_the_argmin_of_its_per_pair_objective(
+    target: float, ref: float, rho: float, alpha: float
+) -> None:
+    # alpha rho max(q, ref) - alpha q + (q - target)^2 / 2, minimised on a fine grid and by
+    # scipy (a convex function of one variable), against the median formula.
+    def f(q: float) -> float:
+        return alpha * rho * max(q, ref) - alpha * q + 0.5 * (q - target) ** 2
+
+    closed = float(np.median([target - alpha * (rho - 1), ref, target + alpha]))
+    found = opt.minimize_scalar(f, bounds=(-40, 40), method="bounded", options={"xatol": 1e-10}).x
+    assert f(closed) <= f(found) + 1e-9
+    assert abs(closed - found) < 1e-4
+
+
+@settings(max_examples=100)
+@given(problem=offline_problems(), alpha=st.floats(0.0, 10.0), data=st.data())
+def test_cal_ql_fixed_point_is_exact_above_cql_and_is_cql_without_a_reference(
+    problem: OfflineProblem, alpha: float, data: st.DataObject
+) -> None:
+    emp = problem.emp
+    pi = data.draw(supported_policies(emp))
+    cal = cal_ql_evaluate(emp, pi, alpha)
+    cql = cql_evaluate(emp, pi, alpha, variant="cql2")
+    scale = 1e-8 * (1.0 + np.max(np.abs(cql.q)))
+    # The fixed-point equation holds exactly (one step changes nothing).
+    again = cal_ql_step(emp, bellman(emp.mdp, cal.q, pi), alpha, pi, cal.reference)
+    np.testing.assert_allclose(again, cal.q, atol=scale)
+    # The calibrated step is >= CQL(2)'s step and both are monotone: Q_cal >= Q_cql pointwise.
+    assert np.all(cal.q >= cql.q - scale)
+    # Pushed-down pairs sit above the reference, lifted ones below it.
+    assert np.all(cal.q[cal.pushed_down] >= cal.reference[cal.pushed_down] - scale)
+    assert np.all(cal.q[cal.lifted] <= cal.reference[cal.lifted] + scale)
+    # Without a reference (-inf) nothing stops the push-down: CQL(2)'s fixed point.
+    none = cal_ql_evaluate(emp, pi, alpha, reference=np.full(emp.n_states, -np.inf))
+    np.testing.assert_allclose(none.q, cql.q, atol=scale)
+
+
+def test_cal_ql_keeps_the_value_above_the_behaviour_value_where_cql_does_not() -> None:
+    # A named instance (seed 0 of offline_problem, 3 states, 2 actions, gamma 0.8, alpha 10):
+    # CQL(2)'s value of pi falls below V^{pi_beta_hat} at some state of D, the calibrated one
+    # stays at or above it at every state of D.
+    rng = np.random.default_rng(0)
+    problem = offline_problem(rng, 3, 2, 10, gamma=0.8)
+    emp = problem.emp
+    pi = supported_policy(emp, rng)
+    v_beta = behaviour_reference(emp)[:, 0]
+    on_d = emp.seen_states
+    cql = cql_evaluate(emp, pi, 10.0, variant="cql2")
+    cal = cal_ql_evaluate(emp, pi, 10.0)
+    assert np.any(cql.v[on_d] < v_beta[on_d] - 1e-6)
+    assert np.all(cal.v[on_d] >= v_beta[on_d] - 1e-9)
+    with pytest.raises(ValueError, match="reference must be"):
+        cal_ql_evaluate(emp, pi, 1.0, reference=np.zeros(7))
