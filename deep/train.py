@@ -273,7 +273,7 @@ class _Run:
             dataset,
             device,
             self.generator,
-            returns_to_go_gamma=self.gamma if settings.returns_to_go else None,
+            returns_to_go_gamma=self.gamma if needs_returns_to_go(config) else None,
             reward_scale=self.reward_scale,
             reward_bias=self.reward_bias,
         )
@@ -528,6 +528,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return main_guard(body, argv, on_interrupt=lambda: _interrupted(target))
+
+
+def needs_returns_to_go(config: TrainConfig[Any]) -> bool:
+    """``--returns-to-go``, or an agent that uses them (Cal-QL's ``calibrated``)."""
+    return config.run.returns_to_go or bool(getattr(config.agent, "calibrated", False))
 
 
 def where_the_files_are(run_dir: Path) -> str:

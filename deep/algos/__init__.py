@@ -205,6 +205,14 @@ _BUILTIN: tuple[Algorithm[Any], ...] = (
         preset={"cql_n_actions": 1, "cql_estimator": "rho", "cql_data_in_push_down": True},
     ),
     Algorithm(
+        "cal-ql",
+        CQLConfig,
+        CQL,
+        discrete=False,
+        summary="Cal-QL: CQL with the policy samples' Q floored at the data's return-to-go.",
+        preset={"calibrated": True},
+    ),
+    Algorithm(
         "sac",
         SACConfig,
         OfflineSAC,

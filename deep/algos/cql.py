@@ -53,6 +53,11 @@ class CQLConfig(SACConfig):
     cql_estimator: Literal["importance", "rho"] = "importance"
     """"importance": CQL(H) with the importance-sampled log-sum-exp (App. F); "rho": CQL(ρ),
     the same samples without importance weights."""
+    calibrated: bool = False
+    """Cal-QL (Nakamoto et al. 2023): inside the soft maximum, Q at the actions sampled from
+    π(·|s) and π(·|s') becomes max(Q, G), G the minibatch's Monte-Carlo return-to-go of the
+    transition's trajectory (the run puts it in every batch); the uniform group and the data
+    term are unchanged. The critic then stops being pushed below the behaviour's return."""
     cql_data_in_push_down: bool = False
     """Put Q(s, a_D) at the dataset action inside the soft maximum beside the 3N sampled
     actions (CQL(ρ) only; the official ``min_q_version=2`` and Unifloral's CQL do). With few
@@ -172,8 +177,17 @@ class CQL(OfflineSAC):
             )  # (B, N, d), (B, N) each
         actions = torch.cat([draws.uniform, pi_act, next_pi_act], dim=1)  # (B, 3N, d)
 
-        # 2. Every group scored at state s.
+        # 2. Every group scored at state s; Cal-QL floors the policy groups at the
+        # return-to-go (a constant: the floor carries no gradient, the max passes Q's).
         q_ood = self.critic(obs, actions)  # (E, B, 3N)
+        if cfg.calibrated:
+            if batch.returns_to_go is None:
+                raise ValueError(
+                    "calibrated (Cal-QL) needs the minibatch's returns-to-go: train with "
+                    "--returns-to-go (deep.train turns it on for cal-ql)"
+                )
+            floor = batch.returns_to_go.to(q_ood.dtype)[None, :, None]
+            q_ood = torch.cat([q_ood[..., :n], torch.maximum(q_ood[..., n:], floor)], dim=-1)
 
         # 3. The gap: soft maximum over the 3N actions minus Q at the dataset's action.
         if cfg.cql_estimator == "importance":

@@ -436,3 +436,21 @@ def test_data_action_in_push_down_bounds_the_gap_and_needs_rho() -> None:
     assert float(with_data["misc/cql_gap"]) >= bound
     # The two estimators differ (the data action enters the soft maximum in one only).
     assert float(with_data["misc/cql_gap"]) != float(without["misc/cql_gap"])
+
+
+def test_cal_ql_floors_the_policy_samples_at_the_return_to_go() -> None:
+    # Same seed, same batch, first update: the push-down is computed with identical critics
+    # and draws, so the floor alone separates the agents.
+    base = continuous_batch(0)
+
+    def push_down(returns: float | None, name: str = "cal-ql") -> float:
+        rtg = None if returns is None else torch.full((B,), returns)
+        metrics = build(name, seed=3).update(base._replace(returns_to_go=rtg))
+        return float(metrics["misc/cql_push_down"])
+
+    plain = push_down(None, "cql")
+    assert push_down(-1e6) == pytest.approx(plain, rel=1e-5)  # a floor below every Q: CQL
+    assert push_down(50.0) > plain + 1.0  # a high floor raises the soft maximum
+    assert build("cal-ql").config.calibrated  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="returns-to-go"):
+        push_down(None)

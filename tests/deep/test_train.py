@@ -193,6 +193,9 @@ def test_returns_to_go_reach_the_agent_with_its_gamma(
     seen.clear()
     train.run(tiny_config(datasets["pendulum"], tmp_path / "off", algo="sac"))
     assert seen and all(g is None for g in seen)  # off by default
+    seen.clear()
+    train.run(tiny_config(datasets["pendulum"], tmp_path / "calql", algo="cal-ql"))
+    assert seen and all(g is not None for g in seen)  # Cal-QL turns them on itself
 
 
 def test_continuous_algo_on_discrete_data_is_refused(
