@@ -541,7 +541,7 @@ def where_the_files_are(run_dir: Path) -> str:
         (CHECKPOINT_NAME, "the checkpoint (python -m deep.evaluate, deep.train resume)"),
         (METRICS_NAME, "every logged metric"),
         (SUMMARY_NAME, "the final numbers (above)"),
-        ("learning_curves.png", "the curves"),
+        (plots.LEARNING_CURVES, "the curves"),
         ("tb", f"TensorBoard logs (tensorboard --logdir {run_dir / 'tb'})"),
     ]
     lines = [f"run folder: {run_dir}"]

@@ -33,17 +33,22 @@ def _property_test() -> str:
     return blocks[0]
 
 
-def test_readme_property_test_is_short_and_passes_under_pytest(tmp_path: Path) -> None:
-    code = _property_test()
-    assert len(code.strip().splitlines()) <= 20
-    (tmp_path / "test_theorem_3_1.py").write_text(code)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_theorem_3_1.py"],
-        cwd=tmp_path,
+def _pytest_file(path: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """Write ``code`` to ``path`` and run pytest on it there, as a user would."""
+    path.write_text(code)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path.name],
+        cwd=path.parent,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_readme_property_test_is_short_and_passes_under_pytest(tmp_path: Path) -> None:
+    code = _property_test()
+    assert len(code.strip().splitlines()) <= 20
+    done = _pytest_file(tmp_path / "test_theorem_3_1.py", code)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
 
@@ -53,14 +58,7 @@ def test_readme_property_test_fails_on_a_false_claim(tmp_path: Path) -> None:
     # the example is a real test, not one that passes whatever the theorem says.
     code = _property_test().replace("st.floats(1.0, 3.0)", "st.just(0.0)")
     code = code.replace("if r.premise_holds:", "if True:")
-    (tmp_path / "test_false.py").write_text(code)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_false.py"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _pytest_file(tmp_path / "test_false.py", code)
     assert done.returncode == 1, done.stdout + done.stderr
 
 
