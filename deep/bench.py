@@ -45,19 +45,19 @@ them (the wall clock is the default and the number to quote on a quiet machine o
 ``--malloc tuned`` sets glibc's allocator to keep freed memory (:func:`tune_glibc_malloc`),
 for both implementations alike.
 
-d3rlpy is optional (``pip install --no-deps d3rlpy`` plus the modules it imports; it pins an
-older gymnasium). Its config here: VectorEncoderFactory([256, 256, 256]) for actor and critics,
-batch 256, n_critics 2, n_action_samples 10, conservative_weight 5, initial_alpha 1 with
-alpha_learning_rate 0 (fixed weight), temperature learned at 1e-4, critic 3e-4, actor 1e-4,
-gamma 0.99, tau 5e-3; timed through ``algo.impl.update`` on a batch already on the device.
-Algorithmic differences that remain: d3rlpy backs up Q̄ at the policy's mean action at s'
+d3rlpy is optional (``make bench-peer``; it pins an older gymnasium). Its config is our
+setting's translation by :func:`deep.peer.d3rlpy_config`, the one ``deep.parity`` trains with
+(standard: VectorEncoderFactory([256, 256, 256]) for actor and critics, batch 256, n_critics 2,
+n_action_samples 10, conservative_weight 5 held fixed, temperature learned at 1e-4, critic
+3e-4, actor 1e-4, gamma 0.99, tau 5e-3); timed through ``algo.impl.update`` on a batch already
+on the device. Algorithmic differences that remain: d3rlpy backs up Q̄ at the policy's mean action at s'
 (ours samples a' ~ π(·|s')), and it takes its own actor forward and backward pass for the
 actor and temperature losses (ours shares one backward pass).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -66,17 +66,19 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 import torch
+import tyro
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from deep.algos import CQL, CQLConfig
+from deep.algos import CQL, CQLConfig, get_algorithm
 from deep.batch import Batch
 from deep.cli import main_guard
 from deep.config import resolve_device
+from deep.peer import d3rlpy_config
 
 __all__ = [
     "CASES",
@@ -105,37 +107,18 @@ CASES: dict[str, tuple[int, int]] = {"hopper": (11, 3), "halfcheetah": (17, 6)}
 
 @dataclass(frozen=True)
 class BenchSetting:
-    """The CQL setting timed, shared by our agent and the peer."""
+    """The CQL setting timed: our agent's config, and the batch size; the peer gets its
+    translation (:func:`deep.peer.d3rlpy_config`)."""
 
-    hidden: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of the actor and of every critic."""
+    agent: CQLConfig = field(default_factory=CQLConfig)
+    """The algorithm's config (its defaults are the standard gym-mujoco CQL)."""
     batch_size: int = 256
     """Transitions per update."""
-    n_actions: int = 10
-    """N: sampled actions per group (uniform, π(·|s), π(·|s')), 3N per state."""
-    n_critics: int = 2
-    """Critics in the ensemble (twin critics, clipped double Q)."""
-    cql_weight: float = 5.0
-    """Fixed weight of the conservative gap (no Lagrange multiplier)."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the critics."""
-    actor_lr: float = 1e-4
-    """Adam learning rate of the actor."""
-    entropy_lr: float = 1e-4
-    """Adam learning rate of log α (automatic entropy tuning is on)."""
-    gamma: float = 0.99
-    """Discount."""
-    target_tau: float = 5e-3
-    """Polyak rate of the target critics."""
-    estimator: Literal["importance", "rho"] = "importance"
-    """CQL's log-sum-exp estimator (ours only; d3rlpy's is the importance-sampled one)."""
-    data_in_push_down: bool = False
-    """Q(s, a_D) in the log-sum-exp beside the sampled actions (ours only; needs "rho")."""
 
 
 SETTINGS: dict[str, BenchSetting] = {
-    "standard": BenchSetting(),
-    "fast": BenchSetting(n_actions=1, estimator="rho", data_in_push_down=True),
+    "standard": BenchSetting(get_algorithm("cql").default_config()),
+    "fast": BenchSetting(get_algorithm("cql-fast").default_config()),
 }
 """Named settings: ``standard`` is the gym-mujoco CQL of the paper (N = 10, importance
 sampling), ``fast`` the ``cql-fast`` preset (N = 1, CQL(ρ) with the data action). The peer is
@@ -311,27 +294,6 @@ def make_batches(
     ]
 
 
-def bench_config(setting: BenchSetting, precision: Precision = "fp32") -> CQLConfig:
-    """Our :class:`~deep.algos.CQLConfig` for ``setting``."""
-    return CQLConfig(
-        actor_hidden=setting.hidden,
-        critic_hidden=setting.hidden,
-        n_critics=setting.n_critics,
-        gamma=setting.gamma,
-        target_tau=setting.target_tau,
-        critic_lr=setting.critic_lr,
-        actor_lr=setting.actor_lr,
-        entropy_lr=setting.entropy_lr,
-        auto_entropy=True,
-        cql_weight=setting.cql_weight,
-        cql_n_actions=setting.n_actions,
-        cql_estimator=setting.estimator,
-        cql_data_in_push_down=setting.data_in_push_down,
-        lagrange=False,
-        precision=precision,
-    )
-
-
 def make_cql_update(
     obs_dim: int,
     act_dim: int,
@@ -347,7 +309,8 @@ def make_cql_update(
     ``n_batches`` pre-drawn batches (cycled). ``compile=True`` wraps the update in
     ``torch.compile`` (see :meth:`deep.algos.sac.OfflineSAC.compile`)."""
     setting = setting if setting is not None else BenchSetting()
-    agent = CQL(obs_dim, act_dim, bench_config(setting, precision), device=device, seed=seed)
+    config = dataclasses.replace(setting.agent, precision=precision)
+    agent = CQL(obs_dim, act_dim, config, device=device, seed=seed)
     if compile:
         agent.compile()
     batches = make_batches(obs_dim, act_dim, setting.batch_size, n_batches, device, seed + 1)
@@ -374,38 +337,14 @@ def make_d3rlpy_update(
     ``compile_graph`` (it takes effect on CUDA only). Raises ``ImportError`` with the install
     line when d3rlpy is missing. d3rlpy draws from torch's global generator: it is seeded
     here with ``seed``."""
-    try:
-        import d3rlpy
-        from d3rlpy.models.encoders import VectorEncoderFactory
-        from d3rlpy.torch_utility import TorchMiniBatch
-    except ImportError as err:
-        raise ImportError(
-            "--peer d3rlpy needs d3rlpy and the modules it imports: pip install gym==0.26.2 "
-            "structlog dataclasses-json 'marshmallow<4' typing-inspect scikit-learn click "
-            "colorama && pip install --no-deps d3rlpy==2.8.1 (with its dependencies it would "
-            f"downgrade gymnasium to 1.0.0) ({err})"
-        ) from err
     setting = setting if setting is not None else BenchSetting()
+    config = dataclasses.replace(
+        d3rlpy_config(setting.agent, setting.batch_size, act_dim), compile_graph=compile
+    )
+    from d3rlpy.torch_utility import TorchMiniBatch
+
     device = torch.device(device)
     torch.manual_seed(seed)
-    encoder = VectorEncoderFactory(hidden_units=list(setting.hidden))
-    config = d3rlpy.algos.CQLConfig(
-        actor_encoder_factory=encoder,
-        critic_encoder_factory=encoder,
-        batch_size=setting.batch_size,
-        n_critics=setting.n_critics,
-        n_action_samples=setting.n_actions,
-        conservative_weight=setting.cql_weight,
-        initial_alpha=1.0,
-        alpha_learning_rate=0.0,  # fixed CQL weight: no Lagrange multiplier
-        initial_temperature=1.0,
-        temp_learning_rate=setting.entropy_lr,
-        actor_learning_rate=setting.actor_lr,
-        critic_learning_rate=setting.critic_lr,
-        gamma=setting.gamma,
-        tau=setting.target_tau,
-        compile_graph=compile,
-    )
     d3_device = f"{device.type}:{device.index or 0}"
     algo = config.create(device=d3_device)
     algo.create_impl((obs_dim,), act_dim)
@@ -662,8 +601,14 @@ def run_case(
         ours_sps.append(_steps_per_second(ours, steps, device, clock))
         if theirs is not None:
             theirs_sps.append(_steps_per_second(theirs, steps, device, clock))
+    agent_config = setting.agent
     flop = cql_update_flops(
-        obs_dim, act_dim, setting.hidden, setting.batch_size, setting.n_actions, setting.n_critics
+        obs_dim,
+        act_dim,
+        agent_config.critic_hidden,
+        setting.batch_size,
+        agent_config.cql_n_actions,
+        agent_config.n_critics,
     )
     sps, rate = statistics.median(ours_sps), statistics.median(rates)
     replay = statistics.median(replays)
@@ -700,57 +645,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     return main_guard(_main, argv)
 
 
+Append = tyro.conf.UseAppendAction
+
+
+@dataclass
+class BenchConfig:
+    """How fast is one CQL update, next to this machine's matmul rate and next to d3rlpy?"""
+
+    case: Annotated[tuple[Literal["hopper", "halfcheetah"], ...], Append] = ()
+    """Observation/action sizes to time (repeatable; default: all)."""
+
+    setting: Annotated[tuple[Literal["standard", "fast"], ...], Append] = ()
+    """Named CQL setting to time (repeatable; default: standard and fast)."""
+
+    precision: Annotated[tuple[Precision, ...], Append] = ()
+    """Precision of our update (repeatable; default: fp32)."""
+
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """Where to time: cpu or cuda."""
+
+    compile: bool = False
+    """torch.compile the update."""
+
+    peer: Literal["d3rlpy"] | None = None
+    """Time d3rlpy's CQL beside ours, always at the standard setting."""
+
+    steps: int = 10
+    """Updates per timed block."""
+
+    repeats: int = 5
+    """Timed blocks (the median is reported)."""
+
+    warmup: int = 3
+    """Untimed updates first."""
+
+    threads: int = os.cpu_count() or 1
+    """torch CPU threads."""
+
+    seed: int = 0
+    """Seed of the networks and batches."""
+
+    clock: Clock = "wall"
+    """wall: elapsed time; cpu: this process's CPU time (with --threads 1 it leaves out the
+    time other processes take the core, the honest clock on a shared machine)."""
+
+    malloc: Literal["default", "tuned"] = "default"
+    """tuned: glibc keeps freed memory (see tune_glibc_malloc); applies to the peer too."""
+
+
 def _main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m deep.bench", description=__doc__.split("\n\n")[0]
+    args = tyro.cli(
+        BenchConfig, args=argv, prog="python -m deep.bench", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--case", choices=sorted(CASES), action="append", help="default: all")
-    parser.add_argument(
-        "--setting",
-        choices=sorted(SETTINGS),
-        action="append",
-        help="named CQL setting to time (repeatable; default: standard and fast)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        action="append",
-        help="repeatable; default: fp32",
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the update")
-    parser.add_argument("--peer", choices=("d3rlpy",), default=None)
-    parser.add_argument("--steps", type=int, default=10, help="updates per timed block")
-    parser.add_argument("--repeats", type=int, default=5, help="timed blocks (median)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall: elapsed time; cpu: this process's CPU time (with --threads 1 it leaves "
-        "out the time other processes take the core, the honest clock on a shared machine)",
-    )
-    parser.add_argument(
-        "--malloc",
-        choices=("default", "tuned"),
-        default="default",
-        help="tuned: glibc keeps freed memory (see tune_glibc_malloc); applies to the peer too",
-    )
-    args = parser.parse_args(argv)
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
-        parser.error("--steps, --repeats and --threads must be >= 1 and --warmup >= 0")
+        raise ValueError("--steps, --repeats and --threads must be >= 1 and --warmup >= 0")
     resolve_device(args.device)  # cuda without a GPU, or an unknown name: one line, no work
     torch.set_num_threads(args.threads)
     malloc_tuned = args.malloc == "tuned" and tune_glibc_malloc()
     if args.malloc == "tuned" and not malloc_tuned:
         print("deep.bench: --malloc tuned needs glibc; running with the default", file=sys.stderr)
-    for case in args.case or list(CASES):
-        for name in args.setting or ["standard", "fast"]:
-            for precision in args.precision or ["fp32"]:
+    for case in args.case or ("hopper", "halfcheetah"):
+        for name in args.setting or ("standard", "fast"):
+            for precision in args.precision or ("fp32",):
                 record = run_case(
                     case,
                     setting=SETTINGS[name],

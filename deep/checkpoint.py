@@ -25,15 +25,13 @@ import torch
 from deep.files import atomic_write
 from deep.files import atomic_write_bytes as atomic_write_bytes
 from deep.files import atomic_write_text as atomic_write_text
+from deep.layout import CHECKPOINT_NAME as CHECKPOINT_NAME
 
 FORMAT = "cql-companion/checkpoint"
 """Value of the ``format`` key in every checkpoint this project writes."""
 
 VERSION = 1
 """Layout version; bump it when a key changes meaning, and reject other versions on load."""
-
-CHECKPOINT_NAME = "checkpoint.pt"
-"""File name of the latest checkpoint inside a run directory."""
 
 
 class CheckpointError(ValueError):

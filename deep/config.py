@@ -38,6 +38,7 @@ __all__ = [
     "default_out_dir",
     "evaluation_gamma",
     "make_config",
+    "options_config",
     "resolve_device",
     "reward_transform",
     "validate_config",
@@ -167,6 +168,63 @@ def make_config(algo: str, run: RunConfig | None = None, **agent_fields: Any) ->
     return TrainConfig(algo, algorithm.check_config(agent), run if run is not None else RunConfig())
 
 
+def _check_value(owner: type, name: str, value: Any, where: str) -> Any:
+    """``value`` for the field ``name`` of the dataclass ``owner``, lists read as tuples; a
+    value of the wrong type is a ValueError naming the field, the value and the type."""
+    import typing
+
+    from typeguard import TypeCheckError, check_type
+
+    hint = typing.get_type_hints(owner, include_extras=False)[name]
+    value = _tuples(value)
+    wrong = isinstance(value, bool) and hint in (int, float, int | None, float | None)
+    if not wrong:
+        try:
+            check_type(value, hint)
+        except TypeCheckError:
+            wrong = True
+    if wrong:
+        if typing.get_origin(hint) is Literal:
+            shown = "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+        else:
+            shown = "of type " + (
+                hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+            )
+        raise ValueError(f"{where}: {name} = {value!r} is not {shown}")
+    return float(value) if hint is float and isinstance(value, int) else value
+
+
+def options_config(
+    algo: str, options: Mapping[str, Any], where: str = "options", **run_fields: Any
+) -> TrainConfig[Any]:
+    """The :class:`TrainConfig` of ``algo`` from ``options``, each the name of a run setting
+    or of a field of the algorithm's config (``cql_weight`` or ``cql-weight``; lists for
+    tuples), with ``run_fields`` on top: what every tool builds instead of a command line.
+    An unknown name, a value of the wrong type or an impossible value is a ValueError that
+    names it and ``where``."""
+    algorithm = get_algorithm(algo)
+    run_names = {f.name for f in dataclasses.fields(RunConfig)}
+    agent_names = {f.name for f in dataclasses.fields(algorithm.config_type)}
+    run: dict[str, Any] = {}
+    agent: dict[str, Any] = {}
+    for key, value in {**options, **run_fields}.items():
+        name = key.replace("-", "_")
+        if name in agent_names:
+            agent[name] = _check_value(algorithm.config_type, name, value, where)
+        elif name in run_names:
+            run[name] = _check_value(RunConfig, name, value, where)
+        else:
+            raise ValueError(
+                f"{where}: {algo} has no option {key!r} (see python -m deep.train {algo} --help)"
+            )
+    try:
+        config = make_config(algo, RunConfig(**run), **agent)
+        validate_config(config)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return config
+
+
 def cli_type() -> Any:
     """The command line's type: one tyro subcommand per registered algorithm, each the
     :class:`TrainConfig` of that algorithm's config type with its defaults."""
@@ -188,6 +246,8 @@ def validate_config(config: TrainConfig[Any]) -> None:
     """Reject impossible option values with a message naming the option."""
     run = config.run
     get_algorithm(config.algo)
+    if run.seed < 0:
+        raise ValueError(f"--seed must be >= 0 (numpy seeds are unsigned), got {run.seed}")
     if run.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {run.threads}")
     positive = ("steps", "batch_size", "log_every", "eval_every", "eval_episodes")

@@ -41,10 +41,8 @@ and every policy stays near random. Re-running reuses finished runs with the sam
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import multiprocessing
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -58,13 +56,14 @@ import tyro
 
 from deep import plots
 from deep.cli import main_guard
-from deep.config import RunConfig, TrainConfig, config_to_dict, make_config
+from deep.config import RunConfig, TrainConfig, make_config
 from deep.data import episode_returns, load_dataset
 from deep.envs import normalized_score
 from deep.evaluate import evaluate_checkpoint
 from deep.files import atomic_write_text
+from deep.layout import METRICS_NAME, REPORT_DIR, RESULTS_JSON, RESULTS_MD, claim
 from deep.runlog import write_json
-from deep.train import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, run
+from deep.train import run_state, start_or_resume
 
 LABELS = {"cql": "CQL", "sac": "offline SAC", "bc": "BC"}
 
@@ -158,30 +157,8 @@ def run_configs(demo: DemoConfig) -> dict[str, TrainConfig[Any]]:
     }
 
 
-def _prepare(config: TrainConfig[Any]) -> TrainConfig[Any] | str:
-    """Resume the run in ``config.run.out`` if it was made with the same settings (its
-    folder, to resume), else restart it.
-
-    Only a folder that holds a run (its config.json) is ever deleted; any other existing
-    folder at that path is an error.
-    """
-    out = Path(config.run.out or "")
-    saved = out / CONFIG_NAME
-    if saved.exists():
-        previous = json.loads(saved.read_text())
-        same = {k: previous.get(k) for k in ("train", "agent")} == config_to_dict(config)
-        if same and (out / CHECKPOINT_NAME).exists():
-            return str(out)
-        if not same:
-            print(f"{out}: settings changed since the last demo; starting this run afresh")
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()):
-        raise SystemExit(f"{out} exists and holds no demo run; choose another --out")
-    return config
-
-
-def _train(config: TrainConfig[Any] | str) -> dict[str, Any]:
-    return run(config)
+def _train(config: TrainConfig[Any]) -> dict[str, Any]:
+    return start_or_resume(config)
 
 
 def _progress(configs: dict[str, TrainConfig[Any]], futures: dict[str, Future[Any]]) -> None:
@@ -270,7 +247,9 @@ What this run shows:
 {table}"""
 
 
-RESULTS_JSON = "results.json"
+README_NAME = "README.md"
+_OWN = frozenset({*LABELS, README_NAME, RESULTS_MD, RESULTS_JSON, plots.COMPARISON, REPORT_DIR})
+"""Everything a demo folder holds (and the report a user may make of it)."""
 """The demo's settings and final numbers, read by notebook 08 (``docs/results/demo.json`` is
 the committed copy of one run of ``python -m deep.demo``)."""
 
@@ -353,23 +332,23 @@ def _main(argv: list[str]) -> int:
 def _demo(demo: DemoConfig) -> int:
     """Train (or reuse) the runs, evaluate their final checkpoints, write the folder."""
     start = time.perf_counter()
-    out = Path(demo.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim(demo.out, _OWN, "deep.demo")
     configs = run_configs(demo)
+    states = {algo: run_state(c) for algo, c in configs.items()}  # all refused before any work
     # Generate (or read from the cache) the dataset once, before the workers race for it.
     behaviour = behaviour_score(demo.dataset)
 
-    jobs = {algo: _prepare(c) for algo, c in configs.items()}
     summaries: dict[str, dict[str, Any]] = {}
     if demo.workers == 1:
-        for algo, job in jobs.items():
-            print(f"training {LABELS[algo]} ({configs[algo].run.steps} steps)", flush=True)
-            summaries[algo] = run(job)
+        for algo, config in configs.items():
+            doing = {"start": "training", "resume": "resuming", "done": "reading"}[states[algo]]
+            print(f"{doing} {LABELS[algo]} ({config.run.steps} steps)", flush=True)
+            summaries[algo] = start_or_resume(config)
     else:
         # spawn: fresh interpreters, so no torch/OpenMP state is inherited through fork.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=demo.workers, mp_context=context) as pool:
-            futures = {algo: pool.submit(_train, job) for algo, job in jobs.items()}
+            futures = {algo: pool.submit(_train, c) for algo, c in configs.items()}
             _progress(configs, futures)
             summaries = {algo: f.result() for algo, f in futures.items()}
 
@@ -383,11 +362,11 @@ def _demo(demo: DemoConfig) -> int:
         for algo, c in configs.items()
     }
     table = results_table(final, summaries)
-    atomic_write_text(out / "results.md", table)
+    atomic_write_text(out / RESULTS_MD, table)
     write_json(out / RESULTS_JSON, results_record(demo, final))
     minutes = (time.perf_counter() - start) / 60
     atomic_write_text(
-        out / "README.md",
+        out / README_NAME,
         README.format(
             dataset=demo.dataset,
             seed=demo.seed,

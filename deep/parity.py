@@ -13,7 +13,7 @@ start states.
 For every seed, our CQL is trained by :func:`deep.train.run` and d3rlpy's
 (``d3rlpy.algos.CQLConfig``) by its own ``fitter``, with the same settings (by default the
 demo's: :class:`deep.demo.DemoConfig`), the same transitions, the same number of updates and
-the same batch size. Each (side, seed) run is one call placed by :func:`deep.sweep.map_calls`
+the same batch size. Each (side, seed) run is one call placed by :func:`deep.tasks.map_calls`
 as the sweep tool places its trials: in this process by default, or as Ray tasks on
 ``--workers`` local CPUs or on the cluster at ``--address``. Both final policies
 (deterministic: tanh of the actor's mean; d3rlpy's ``algo.predict``) are then run by
@@ -119,16 +119,18 @@ import tyro
 
 from deep import envs, stats
 from deep.algos import CQLConfig
-from deep.cli import main_guard
-from deep.config import RunConfig, TrainConfig, config_from_dict, config_to_dict, make_config
+from deep.cli import main_guard, one_line
+from deep.config import RunConfig, TrainConfig, make_config
 from deep.data import ObservationNormalizer, OfflineDataset, load_dataset
 from deep.demo import DemoConfig
 from deep.evaluate import evaluate_checkpoint
 from deep.evaluation import critic_units_return, eval_seed
 from deep.files import atomic_write_text
+from deep.layout import PARITY_RESULT, PARITY_SIDES, RESULTS_JSON, RESULTS_MD, claim
+from deep.peer import INSTALL_HINT, d3rlpy_config, d3rlpy_dataset, import_d3rlpy
 from deep.runlog import write_json
-from deep.sweep import SweepError, map_calls, one_line
-from deep.train import CHECKPOINT_NAME, CONFIG_NAME, run
+from deep.tasks import map_calls
+from deep.train import run_state, start_or_resume
 
 __all__ = [
     "INSTALL_HINT",
@@ -148,12 +150,11 @@ __all__ = [
 
 Side = Literal["ours", "d3rlpy"]
 SIDES: tuple[Side, ...] = ("ours", "d3rlpy")
-RESULT_NAME = "parity.json"
-INSTALL_HINT = (
-    "make bench-peer (or: pip install gym==0.26.2 structlog dataclasses-json 'marshmallow<4' "
-    "typing-inspect scikit-learn click colorama && pip install --no-deps d3rlpy==2.8.1)"
-)
-"""How to install the peer; d3rlpy's own dependencies would downgrade gymnasium."""
+RESULT_NAME = PARITY_RESULT
+SETTINGS_NAME = "settings.json"
+_OWN = frozenset({*PARITY_SIDES, SETTINGS_NAME, RESULTS_MD, RESULTS_JSON})
+"""Everything a parity folder holds: one folder per side, the last settings, the tables."""
+
 
 _DEMO = DemoConfig()
 _CQL = CQLConfig()
@@ -288,139 +289,13 @@ def our_config(p: ParityConfig, seed: int, out: Path) -> TrainConfig[Any]:
 
 def train_side(p: ParityConfig, side: Side, seed: int, root: str) -> tuple[dict[str, Any], float]:
     """One seed of one side (:func:`train_ours` or :func:`train_d3rlpy`, which reads the
-    dataset itself) and its seconds: the unit :func:`deep.sweep.map_calls` places."""
+    dataset itself) and its seconds: the unit :func:`deep.tasks.map_calls` places."""
     start = time.perf_counter()
     if side == "ours":
         result = train_ours(p, seed, Path(root))
     else:
         result = train_d3rlpy(p, seed, Path(root), load_dataset(p.dataset))
     return result, time.perf_counter() - start
-
-
-def import_d3rlpy() -> Any:
-    """The ``d3rlpy`` module; ImportError with :data:`INSTALL_HINT` when it does not import."""
-    try:
-        import d3rlpy
-    except ImportError as err:
-        raise ImportError(
-            f"d3rlpy does not import ({err}); install it with {INSTALL_HINT}"
-        ) from None
-    return d3rlpy
-
-
-def _untranslatable(agent: CQLConfig, act_dim: int) -> list[str]:
-    """Our settings that d3rlpy's CQLConfig cannot express."""
-    default = CQLConfig()
-    bad = []
-    if agent.cql_temperature != 1.0:
-        bad.append(f"cql_temperature={agent.cql_temperature} (d3rlpy's is 1)")
-    if agent.cql_estimator != "importance":
-        bad.append(f"cql_estimator={agent.cql_estimator!r} (d3rlpy has CQL(H) only)")
-    if agent.lagrange:
-        bad.append("lagrange=True (the thresholds are on different gaps)")
-    if agent.bc_steps:
-        bad.append(f"bc_steps={agent.bc_steps} (d3rlpy has no warm-start)")
-    if agent.target_entropy is not None and agent.target_entropy != -float(act_dim):
-        bad.append(f"target_entropy={agent.target_entropy} (d3rlpy's is -|A|)")
-    if (agent.reward_scale, agent.reward_bias) != (1.0, 0.0):
-        bad.append("reward_scale/reward_bias (not translated)")
-    if (agent.log_std_min, agent.log_std_max) != (default.log_std_min, default.log_std_max):
-        bad.append("log_std_min/log_std_max (d3rlpy's CQL clamps to [-20, 2])")
-    if agent.max_q_backup and agent.max_q_backup_order != "max-of-min":
-        bad.append("max_q_backup_order='min-of-max' (d3rlpy's is max-of-min)")
-    if agent.max_q_backup and agent.backup_n_actions != agent.cql_n_actions:
-        bad.append("backup_n_actions != cql_n_actions (d3rlpy uses n_action_samples for both)")
-    if agent.max_q_backup and agent.backup_entropy:
-        bad.append("max_q_backup with backup_entropy (exclusive in d3rlpy)")
-    if agent.precision != "fp32":
-        bad.append(f"precision={agent.precision!r}")
-    return bad
-
-
-def d3rlpy_config(
-    agent: CQLConfig,
-    batch_size: int,
-    act_dim: int,
-    normalizer: ObservationNormalizer | None = None,
-) -> Any:
-    """d3rlpy's ``CQLConfig`` for our ``agent`` config, field by field (module docstring);
-    ValueError naming every setting d3rlpy cannot express. ``normalizer``: our observation
-    statistics, passed to d3rlpy's ``StandardObservationScaler`` (its ``std + eps`` with
-    eps 1e-3 equals ours)."""
-    bad = _untranslatable(agent, act_dim)
-    if bad:
-        raise ValueError("d3rlpy's CQL cannot express: " + "; ".join(bad))
-    d3rlpy = import_d3rlpy()
-    from d3rlpy.models.encoders import VectorEncoderFactory
-    from d3rlpy.preprocessing import StandardObservationScaler
-
-    scaler = None
-    if normalizer is not None:
-        # Ours: (o − mean) / (std + 1e-3); d3rlpy: (o − mean) / (std + eps), eps = 1e-3.
-        scaler = StandardObservationScaler(
-            mean=normalizer.mean.astype(np.float32),
-            std=(normalizer.std - 1e-3).astype(np.float32),
-            eps=1e-3,
-        )
-    return d3rlpy.algos.CQLConfig(
-        actor_encoder_factory=VectorEncoderFactory(hidden_units=list(agent.actor_hidden)),
-        critic_encoder_factory=VectorEncoderFactory(hidden_units=list(agent.critic_hidden)),
-        batch_size=batch_size,
-        n_critics=agent.n_critics,
-        gamma=agent.gamma,
-        tau=agent.target_tau,
-        critic_learning_rate=agent.critic_lr,
-        actor_learning_rate=agent.actor_lr,
-        temp_learning_rate=agent.entropy_lr if agent.auto_entropy else 0.0,
-        initial_temperature=agent.init_entropy_alpha,
-        conservative_weight=agent.cql_weight,
-        initial_alpha=1.0,
-        alpha_learning_rate=0.0,  # fixed CQL weight
-        alpha_threshold=0.0,  # a constant once the weight is fixed
-        n_action_samples=agent.cql_n_actions,
-        soft_q_backup=agent.backup_entropy,
-        max_q_backup=agent.max_q_backup,
-        observation_scaler=scaler,
-    )
-
-
-def d3rlpy_dataset(dataset: OfflineDataset, keep_timeout_transitions: bool = False) -> Any:
-    """``d3rlpy.dataset.MDPDataset`` of our transitions (terminals and timeouts as ours).
-
-    d3rlpy keeps observations per step, so the last transition of an episode that is cut by a
-    timeout (or by the end of the data) has no s' and is dropped. ``keep_timeout_transitions``
-    keeps it (an ablation): each such episode gets one extra row holding its final s', with a
-    zero action and reward that no sampled transition reads (d3rlpy samples the first
-    ``length − 1`` rows of a non-terminal episode; the extra row is only an s').
-    """
-    d3rlpy = import_d3rlpy()
-    terminals = np.asarray(dataset.terminals, dtype=bool)
-    timeouts = (
-        np.asarray(dataset.timeouts, dtype=bool)
-        if dataset.timeouts is not None
-        else np.zeros_like(terminals)
-    )
-    timeouts = timeouts & ~terminals
-    timeouts[-1] = not terminals[-1]  # the data's end cuts its last episode
-    obs, act, rew = dataset.observations, dataset.actions, dataset.rewards
-    if keep_timeout_transitions:
-        cut = np.flatnonzero(timeouts)
-        # Insert after each cut row its s' (and a zero action / reward); the episode now ends
-        # at the inserted row.
-        at = cut + 1
-        obs = np.insert(obs, at, dataset.next_observations[cut], axis=0)
-        act = np.insert(act, at, np.zeros_like(act[cut]), axis=0)
-        rew = np.insert(rew, at, 0.0, axis=0)
-        terminals = np.insert(terminals, at, False)
-        timeouts = np.insert(timeouts, at, True)
-        timeouts[cut + np.arange(cut.size)] = False
-    return d3rlpy.dataset.MDPDataset(
-        observations=np.asarray(obs, dtype=np.float32),
-        actions=np.asarray(act, dtype=np.float32),
-        rewards=np.asarray(rew, dtype=np.float32).reshape(-1, 1),
-        terminals=terminals.astype(np.float32),
-        timeouts=timeouts.astype(np.float32),
-    )
 
 
 # ------------------------------------------------------------------------ training a seed
@@ -468,28 +343,7 @@ def train_ours(p: ParityConfig, seed: int, root: Path) -> dict[str, Any]:
         return done
     config = our_config(p, seed, folder)
     start = time.perf_counter()
-    if (folder / CONFIG_NAME).exists():
-        raw = json.loads((folder / CONFIG_NAME).read_text())
-        # Read back through the run reader: a field added since then takes its default.
-        saved = config_to_dict(config_from_dict(raw["train"], raw["agent"], str(folder)))
-        wanted = config_to_dict(config)
-        changed = sorted(
-            f"{part}.{key}"
-            for part in wanted
-            for key in set(wanted[part]) | set(saved.get(part, {}))
-            if wanted[part].get(key) != saved.get(part, {}).get(key)
-        )
-        if changed:
-            raise ValueError(
-                f"{folder} holds a run with other settings ({', '.join(changed)}); "
-                "choose another --out, or delete "
-                "that folder to redo the seed"
-            )
-        summary = run(str(folder)) if (folder / CHECKPOINT_NAME).exists() else None
-        if summary is None:
-            raise ValueError(f"{folder} holds a config.json but no checkpoint; delete it")
-    else:
-        summary = run(config)
+    summary = start_or_resume(config, tool_files={RESULT_NAME})
     first = eval_seed(seed, p.steps)
     threads = torch.get_num_threads()
     # One thread, as the run itself: on a busy machine torch's thread pool, waiting on its
@@ -754,6 +608,15 @@ def _read_all(p: ParityConfig, root: Path) -> dict[str, dict[int, dict[str, Any]
     return found
 
 
+def check_folder(p: ParityConfig, root: Path) -> None:
+    """Before any work: ``root`` is new, empty or a parity folder, and every seed already in
+    it was made with ``p``'s settings (else an error naming the folder and the settings)."""
+    claim(root, _OWN, "deep.parity")
+    _read_all(p, root)
+    for seed in p.seeds:
+        run_state(our_config(p, seed, root / "ours" / f"seed{seed}"), tool_files={RESULT_NAME})
+
+
 def write_results(p: ParityConfig, root: Path) -> str:
     """Read every finished seed under ``root``, write results.json and results.md; the
     markdown is returned."""
@@ -764,14 +627,14 @@ def write_results(p: ParityConfig, root: Path) -> str:
     summary = summarize(results, p.bootstrap_seed)
     text = results_markdown(summary, results, p)
     write_json(
-        root / "results.json",
+        root / RESULTS_JSON,
         {
             "settings": settings_dict(p),
             **summary,
             "runs": {s: list(r.values()) for s, r in results.items()},
         },
     )
-    atomic_write_text(root / "results.md", text)
+    atomic_write_text(root / RESULTS_MD, text)
     return text
 
 
@@ -809,25 +672,22 @@ def _main(argv: list[str]) -> int:
             print(f"{e}: running our side only", flush=True)
             peer = "none"
     sides = [s for s in p.train if s == "ours" or peer != "none"]
-    root.mkdir(parents=True, exist_ok=True)
-    write_json(root / "settings.json", settings_dict(p))
+    check_folder(p, root)
+    write_json(root / SETTINGS_NAME, settings_dict(p))
     calls = [(p, side, seed, str(root.resolve())) for seed in p.seeds for side in sides]
     failed = 0
-    try:
-        for i, outcome in map_calls(train_side, calls, p.workers, p.address):
-            _, side, seed, _ = calls[i]
-            if isinstance(outcome, BaseException):  # a Ray task's error
-                failed += 1
-                print(f"{side:>6} seed {seed}: failed: {one_line(str(outcome))}", flush=True)
-                continue
-            result, seconds = outcome
-            print(
-                f"{side:>6} seed {seed}: normalised score {result['normalized_score']:.1f} "
-                f"({seconds:.0f} s)",
-                flush=True,
-            )
-    except SweepError as e:
-        raise ValueError(str(e)) from None
+    for i, outcome in map_calls(train_side, calls, p.workers, p.address):
+        _, side, seed, _ = calls[i]
+        if isinstance(outcome, BaseException):  # a Ray task's error
+            failed += 1
+            print(f"{side:>6} seed {seed}: failed: {one_line(outcome)}", flush=True)
+            continue
+        result, seconds = outcome
+        print(
+            f"{side:>6} seed {seed}: normalised score {result['normalized_score']:.1f} "
+            f"({seconds:.0f} s)",
+            flush=True,
+        )
     text = write_results(p, root)
     print()
     print(text, end="")

@@ -17,7 +17,8 @@ import numpy as np
 # neither needs a display nor changes the backend of a notebook or script that imports this.
 from matplotlib.figure import Figure
 
-LEARNING_CURVES = "learning_curves.png"
+from deep.layout import LEARNING_CURVES
+
 COMPARISON = "comparison.png"
 
 

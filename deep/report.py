@@ -3,7 +3,7 @@
 ::
 
     python -m deep.report runs/sweep                  # every run folder below runs/sweep
-    python -m deep.report runs/sweep --reps 10000 --out runs/sweep/report
+    python -m deep.report runs/sweep --reps 10000 --out runs/sweep-report
 
 A run folder is any folder holding a ``summary.json`` (found recursively), as
 ``python -m deep.train`` and ``python -m deep.sweep`` write them. Runs are grouped into cells,
@@ -12,7 +12,8 @@ between that algo's runs (``cql cql_weight=1`` vs ``cql cql_weight=5``; the sett
 gave the run, from its ``.sweep/<run>.json``, else those of its ``config.json``). A cell's seeds
 are its runs; the score of a run is its final ``normalized_score``.
 
-Written to ``--out`` (default: DIR):
+Written to ``--out`` (default: ``DIR/report``, the report's own folder, so it never meets a
+run's or the demo's files; an ``--out`` holding other files is refused):
 
 - ``results.md`` and ``results.json`` (strict JSON: a missing or non-finite value is ``null``):
   per cell the number of runs, of scored runs and of evaluation episodes, the mean ± std of
@@ -49,25 +50,27 @@ import numpy as np
 import tyro
 
 from deep import stats
-from deep.plots import read_metrics
-
-SUMMARY_NAME = "summary.json"
-CONFIG_NAME = "config.json"
-SWEEP_META_DIR = ".sweep"
-"""Where deep.sweep keeps, beside each trial folder, ``<trial>.json``: its algo, dataset, seed
-and settings."""
-METRICS_NAME = "metrics.csv"
-RESULTS_MD = "results.md"
-RESULTS_JSON = "results.json"
-INTERVALS_PNG = "intervals.png"
-PROFILES_PNG = "profiles.png"
-TRAINING_PNG = "training.png"
-VALUES_PNG = "values.png"
-REPORT_FILES = frozenset(
-    {RESULTS_MD, RESULTS_JSON, INTERVALS_PNG, PROFILES_PNG, TRAINING_PNG, VALUES_PNG}
+from deep.cli import main_guard
+from deep.files import atomic_write_text
+from deep.layout import (
+    CONFIG_NAME,
+    INTERVALS_PNG,
+    METRICS_NAME,
+    PROFILES_PNG,
+    REPORT_DIR,
+    REPORT_FILES,
+    RESULTS_JSON,
+    RESULTS_MD,
+    SUMMARY_NAME,
+    SWEEP_META,
+    TRAINING_PNG,
+    VALUES_PNG,
+    claim,
 )
-"""Every file :func:`report` may write into its output folder (deep.sweep counts them as its
-own when it checks a sweep folder)."""
+from deep.plots import read_metrics
+from deep.runlog import finite_json, write_json
+
+__all__ = ["REPORT_FILES", "Run", "find_runs", "main", "report", "summarize", "to_markdown"]
 
 SCORE_KEY = "eval/normalized_score"
 Q_KEY = "eval/q_estimate"
@@ -138,7 +141,7 @@ def _settings(run_dir: Path) -> dict[str, Any]:
                     if k not in _NOT_SETTINGS:
                         out.setdefault(k, v)
     try:
-        trial = _read_json(run_dir.parent / SWEEP_META_DIR / f"{run_dir.name}.json")
+        trial = _read_json(run_dir.parent / SWEEP_META / f"{run_dir.name}.json")
     except (OSError, ValueError):
         trial = None
     if isinstance(trial, dict) and isinstance(trial.get("settings"), dict):
@@ -263,101 +266,139 @@ def _paired(
     }
 
 
-def summarize(
-    runs: Sequence[Run], seed: int = 0, reps: int = stats.REPS, confidence: float = stats.CONFIDENCE
-) -> dict[str, Any]:
-    """Everything ``results.json`` holds (see the module docstring), as plain JSON data."""
-    rng = np.random.default_rng(seed)
-    cells = _cells(runs)
-    labels = sorted({r.label for r in runs})
-    datasets = sorted({r.dataset for r in runs})
+def _estimate(
+    x: np.ndarray, statistic: Any, rng: np.random.Generator, reps: int, confidence: float
+) -> dict[str, float | None] | None:
+    """The interval estimate of ``statistic`` over ``x``; None below two values, where a
+    bootstrap interval would have zero width and say nothing of the spread."""
+    if x.size < 2:
+        return None
+    return _interval(stats.interval_estimate(x, statistic, rng, reps, confidence))
 
-    cell_rows: list[dict[str, Any]] = []
+
+def cell_rows(
+    cells: Mapping[tuple[str, str], Sequence[Run]],
+    rng: np.random.Generator,
+    reps: int,
+    confidence: float,
+) -> list[dict[str, Any]]:
+    """Per cell (dataset × algorithm): its runs, the score over seeds (mean ± std, IQM and
+    mean with CIs), the return, and the critic's estimate minus the Monte-Carlo return."""
+    rows: list[dict[str, Any]] = []
     for (dataset, label), group in cells.items():
         x = _scores(group)
         returns = np.array([r.return_mean for r in group if r.return_mean is not None])
         gaps = np.array([r.q_minus_mc for r in group if r.q_minus_mc is not None])
         episodes = sorted({r.eval_episodes for r in group if r.eval_episodes is not None})
-        row: dict[str, Any] = {
-            "dataset": dataset,
-            "algorithm": label,
-            "algo": group[0].algo,
-            "runs": len(group),
-            "scored": int(x.size),
-            "null": len(group) - int(x.size),
-            "seeds": [r.seed for r in group],
-            "eval_episodes": episodes[0] if len(episodes) == 1 else episodes,
-            "score_mean": float(x.mean()) if x.size else None,
-            "score_std": _std(x),
-            "score_iqm": None,
-            "score_mean_ci": None,
-            "return_mean": float(returns.mean()) if returns.size else None,
-            "return_std": _std(returns),
-            "q_minus_mc": None,
-            "q_above_mc": int((gaps > 0).sum()),
-            "q_minus_mc_runs": int(gaps.size),
-        }
-        if gaps.size:
-            row["q_minus_mc"] = _interval(
-                stats.interval_estimate(gaps, stats.mean_statistic, rng, reps, confidence)
-            )
+        rows.append(
+            {
+                "dataset": dataset,
+                "algorithm": label,
+                "algo": group[0].algo,
+                "runs": len(group),
+                "scored": int(x.size),
+                "null": len(group) - int(x.size),
+                "seeds": [r.seed for r in group],
+                "eval_episodes": episodes[0] if len(episodes) == 1 else episodes,
+                "score_mean": float(x.mean()) if x.size else None,
+                "score_std": _std(x),
+                "return_mean": float(returns.mean()) if returns.size else None,
+                "return_std": _std(returns),
+                "q_above_mc": int((gaps > 0).sum()),
+                "q_minus_mc_runs": int(gaps.size),
+                "q_minus_mc": _estimate(gaps, stats.mean_statistic, rng, reps, confidence),
+                "score_iqm": _estimate(x, stats.iqm_statistic, rng, reps, confidence),
+                "score_mean_ci": _estimate(x, stats.mean_statistic, rng, reps, confidence),
+            }
+        )
+    return rows
+
+
+def _tasks(
+    cells: Mapping[tuple[str, str], Sequence[Run]], label: str, datasets: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The scores of ``label`` per dataset (a task), for the datasets where it has some."""
+    out = {}
+    for d in datasets:
+        x = _scores(cells.get((d, label), []))
         if x.size:
-            row["score_iqm"] = _interval(
-                stats.interval_estimate(x, stats.iqm_statistic, rng, reps, confidence)
-            )
-            row["score_mean_ci"] = _interval(
-                stats.interval_estimate(x, stats.mean_statistic, rng, reps, confidence)
-            )
-        cell_rows.append(row)
+            out[d] = x
+    return out
 
-    def tasks_of(label: str, only: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        out = {}
-        for d in only if only is not None else datasets:
-            x = _scores(cells.get((d, label), []))
-            if x.size:
-                out[d] = x
-        return out
 
+def aggregate_rows(
+    cells: Mapping[tuple[str, str], Sequence[Run]],
+    rng: np.random.Generator,
+    reps: int,
+    confidence: float,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Per algorithm over datasets: IQM, mean, median and optimality gap with CIs; and the
+    probability that each algorithm improves on each other one, on their common datasets."""
+    labels = sorted({lab for _, lab in cells})
+    datasets = sorted({d for d, _ in cells})
     aggregates: dict[str, Any] = {}
     for label in labels:
-        tasks = tasks_of(label)
+        tasks = _tasks(cells, label, datasets)
         entry: dict[str, Any] = {
             "datasets": sorted(tasks),
             "runs": sum(len(g) for (_, lab), g in cells.items() if lab == label),
             "scored": sum(int(x.size) for x in tasks.values()),
         }
+        # One score in all has no spread to bootstrap: no interval rather than a point.
         intervals = (
-            stats.aggregate_intervals(list(tasks.values()), rng, reps, confidence) if tasks else {}
+            stats.aggregate_intervals(list(tasks.values()), rng, reps, confidence)
+            if entry["scored"] >= 2
+            else {}
         )
         for name in stats.AGGREGATES:
             entry[name] = _interval(intervals.get(name))
         aggregates[label] = entry
-
     improvement: list[dict[str, Any]] = []
     for a in labels:
         for b in labels:
             if a == b:
                 continue
-            common = sorted(set(tasks_of(a)) & set(tasks_of(b)))
+            common = sorted(set(_tasks(cells, a, datasets)) & set(_tasks(cells, b, datasets)))
             est = None
             if common:
-                xa, xb = tasks_of(a, common), tasks_of(b, common)
+                xa, xb = _tasks(cells, a, common), _tasks(cells, b, common)
                 est = stats.improvement_interval(
                     [xa[d] for d in common], [xb[d] for d in common], rng, reps, confidence
                 )
             improvement.append({"x": a, "y": b, "datasets": common, **(_interval(est) or {})})
+    return aggregates, improvement
 
-    paired: list[dict[str, Any]] = []
-    for dataset in datasets:
+
+def paired_rows(
+    cells: Mapping[tuple[str, str], Sequence[Run]],
+    rng: np.random.Generator,
+    reps: int,
+    confidence: float,
+) -> list[dict[str, Any]]:
+    """Per dataset, every pair of cells of one algo whose settings differ in one: the score
+    difference seed by seed (:func:`_paired`)."""
+    rows: list[dict[str, Any]] = []
+    for dataset in sorted({d for d, _ in cells}):
         in_dataset = sorted(lab for d, lab in cells if d == dataset)
         for i, a in enumerate(in_dataset):
             for b in in_dataset[i + 1 :]:
                 row_ab = _paired(cells[(dataset, a)], cells[(dataset, b)], rng, reps, confidence)
                 if row_ab is not None:
-                    paired.append({"dataset": dataset, "x": a, "y": b, **row_ab})
+                    rows.append({"dataset": dataset, "x": a, "y": b, **row_ab})
+    return rows
 
+
+def value_gap_rows(
+    cells: Mapping[tuple[str, str], Sequence[Run]],
+    rng: np.random.Generator,
+    reps: int,
+    confidence: float,
+) -> dict[str, Any]:
+    """Per algorithm, the critic's estimate minus the Monte-Carlo return of its policy
+    (``> 0``: over-estimation), mean over datasets with its CI."""
+    datasets = sorted({d for d, _ in cells})
     diagnostic: dict[str, Any] = {}
-    for label in labels:
+    for label in sorted({lab for _, lab in cells}):
         per_dataset = {}
         for d in datasets:
             found = [r.q_minus_mc for r in cells.get((d, label), []) if r.q_minus_mc is not None]
@@ -367,7 +408,7 @@ def summarize(
             stats.interval_estimate(
                 list(per_dataset.values()), stats.mean_statistic, rng, reps, confidence
             )
-            if per_dataset
+            if sum(v.size for v in per_dataset.values()) >= 2
             else None
         )
         diagnostic[label] = {
@@ -375,13 +416,26 @@ def summarize(
             "runs": sum(int(v.size) for v in per_dataset.values()),
             "q_minus_mc": _interval(est),
         }
+    return diagnostic
 
+
+def summarize(
+    runs: Sequence[Run], seed: int = 0, reps: int = stats.REPS, confidence: float = stats.CONFIDENCE
+) -> dict[str, Any]:
+    """Everything ``results.json`` holds (see the module docstring), as plain JSON data: the
+    four analyses on one bootstrap generator, and the runs."""
+    rng = np.random.default_rng(seed)
+    cells = _cells(runs)
+    per_cell = cell_rows(cells, rng, reps, confidence)
+    aggregates, improvement = aggregate_rows(cells, rng, reps, confidence)
+    paired = paired_rows(cells, rng, reps, confidence)
+    diagnostic = value_gap_rows(cells, rng, reps, confidence)
     return {
         "settings": {"seed": seed, "reps": reps, "confidence": confidence},
         "score": "final normalized_score of each run (100 = expert, 0 = random)",
-        "datasets": datasets,
-        "algorithms": labels,
-        "cells": cell_rows,
+        "datasets": sorted({r.dataset for r in runs}),
+        "algorithms": sorted({r.label for r in runs}),
+        "cells": per_cell,
         "aggregates": aggregates,
         "probability_of_improvement": improvement,
         "paired": paired,
@@ -407,19 +461,6 @@ def summarize(
             for r in runs
         ],
     }
-
-
-def _clean(x: Any) -> Any:
-    """JSON data with every non-finite float replaced by None."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, Mapping):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        return _clean(x.item())
-    return x
 
 
 # ------------------------------------------------------------------------------ markdown
@@ -706,7 +747,9 @@ def report(
     plots: bool = True,
 ) -> dict[str, Any]:
     """Find the runs below ``root``, write results.md / results.json (and PNGs) to ``out``
-    (default ``root``), and return the results. Raises FileNotFoundError when there is no run."""
+    (default ``root/report``, a folder that holds nothing else), and return the results.
+    Raises FileNotFoundError when there is no run, :class:`~deep.layout.FolderError` when
+    ``out`` holds files the report did not write."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"--confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
     if reps < 1:
@@ -717,9 +760,10 @@ def report(
     runs = find_runs(root)
     if not runs:
         raise FileNotFoundError(f"no run folder (with {SUMMARY_NAME}) below {root}")
-    out_dir = Path(out) if out is not None else root
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = _clean(summarize(runs, seed, reps, confidence))
+    out_dir = claim(
+        Path(out) if out is not None else root / REPORT_DIR, REPORT_FILES, "deep.report"
+    )
+    results = finite_json(summarize(runs, seed, reps, confidence))
     results["root"] = str(root)
     if plots:
         written = [
@@ -738,9 +782,8 @@ def report(
             ),
         ]
         results["plots"] = [p.name for p in written if p is not None]
-    text = json.dumps(results, indent=2, allow_nan=False)
-    (out_dir / RESULTS_JSON).write_text(text + "\n")
-    (out_dir / RESULTS_MD).write_text(to_markdown(results))
+    write_json(out_dir / RESULTS_JSON, results)
+    atomic_write_text(out_dir / RESULTS_MD, to_markdown(results))
     return results
 
 
@@ -752,7 +795,8 @@ class ReportConfig:
     """Folder holding run folders (searched recursively for summary.json)."""
 
     out: str | None = None
-    """Where to write results.md, results.json and the PNGs; default: DIR."""
+    """Where to write results.md, results.json and the PNGs (a new folder, or one holding
+    only an earlier report); default: DIR/report."""
 
     reps: int = stats.REPS
     """Bootstrap resamples per interval."""
@@ -768,24 +812,25 @@ class ReportConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (``python -m deep.report DIR``)."""
-    config = tyro.cli(
-        ReportConfig,
-        args=argv,
-        prog="python -m deep.report",
-        description=(__doc__ or "").split("\n\n")[0],
-    )
-    try:
+    """Command-line entry point (``python -m deep.report DIR``); exit 2 and one line on bad
+    input (see :mod:`deep.cli`)."""
+
+    def body(args: list[str]) -> int:
+        config = tyro.cli(
+            ReportConfig,
+            args=args,
+            prog="python -m deep.report",
+            description=(__doc__ or "").split("\n\n")[0],
+        )
         results = report(
             config.root, config.out, config.seed, config.reps, config.confidence, config.plots
         )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(config.out) if config.out is not None else Path(config.root)
-    print(to_markdown(results), end="")
-    print(f"wrote {out / RESULTS_MD}, {out / RESULTS_JSON}", file=sys.stderr)
-    return 0
+        out = Path(config.out) if config.out is not None else Path(config.root) / REPORT_DIR
+        print(to_markdown(results), end="")
+        print(f"wrote {out / RESULTS_MD}, {out / RESULTS_JSON}", file=sys.stderr)
+        return 0
+
+    return main_guard(body, argv)
 
 
 if __name__ == "__main__":

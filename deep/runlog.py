@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from deep.checkpoint import atomic_write_text
+from deep.layout import METRICS_NAME, TENSORBOARD_DIR
 
 __all__ = [
     "METRICS_NAME",
@@ -30,6 +31,7 @@ __all__ = [
     "MetricBuffer",
     "NonFiniteError",
     "RunLog",
+    "finite_json",
     "first_nonfinite_tensor",
     "json_text",
     "last_value",
@@ -38,9 +40,6 @@ __all__ = [
     "set_rng_state",
     "write_json",
 ]
-
-METRICS_NAME = "metrics.csv"
-TENSORBOARD_DIR = "tb"
 
 
 class NonFiniteError(RuntimeError):
@@ -247,19 +246,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def finite_json(x: Any) -> Any:
+    """JSON-ready data: NaN and inf become None, numpy scalars Python numbers, tuples lists,
+    keys strings; recursively."""
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, Mapping):
+        return {str(k): finite_json(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite_json(v) for v in x]
+    return x
+
+
 def json_text(data: Mapping[str, Any]) -> str:
-    """``data`` as indented, valid JSON: NaN and inf become ``null``."""
-
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, Mapping):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return [clean(v) for v in x]
-        return x
-
-    return json.dumps(clean(data), indent=2, allow_nan=False) + "\n"
+    """``data`` as indented, strict JSON (:func:`finite_json`: NaN and inf are ``null``)."""
+    return json.dumps(finite_json(data), indent=2, allow_nan=False) + "\n"
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

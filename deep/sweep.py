@@ -40,8 +40,14 @@ Running the same command again continues a sweep: a trial whose folder has ``sum
 is finished and skipped, one with ``checkpoint.pt`` but no summary is resumed (``deep.train``
 resumes exactly), any other starts afresh. The trial folders are the sweep's whole state.
 
-Ray: each trial is one Ray *task* (``ray.remote(num_cpus=…, num_gpus=…)``) that calls
-``deep.train.main(argv)`` in the worker process, not Ray Tune. The grid is fixed and every
+Each trial is a :class:`~deep.config.TrainConfig` (:meth:`Trial.config`), built and checked
+for every trial before the first one runs (a misspelt option, a value of the wrong type, an
+unknown dataset: exit 2 naming the trial), and run by :func:`deep.train.start_or_resume`,
+the rule every tool uses for a run folder: new -> start, same settings -> resume or read,
+other settings -> refuse.
+
+Ray: each trial is one Ray *task* (``ray.remote(num_cpus=…, num_gpus=…)``, placed by
+:mod:`deep.tasks`) that runs its config in the worker process, not Ray Tune. The grid is fixed and every
 trial runs to its end, so Tune's search algorithms, schedulers and result reporting have
 nothing to do, while its experiment state (``Tuner.restore``) would be a second record of
 progress beside the trial folders, able to disagree with them; with tasks, "continue" is just
@@ -52,45 +58,55 @@ this package installed and the sweep folder on shared storage. ``--workers 1`` w
 address runs the trials one after the other in this process and needs no Ray. Ray starts its
 workers at niceness 15: on a machine busy with other work, the trials get what that work
 leaves (and their ``steps_per_second`` shows it).
-
-All knowledge of the ``deep.train`` command line is in :func:`trial_argv` and
-:func:`resume_argv`.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import io
 import itertools
 import json
-import logging
 import os
 import re
-import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import tyro
 
+from deep import cli, train
 from deep import report as report_module
-from deep import train
+from deep.algos import ALGORITHMS
+from deep.config import TrainConfig, options_config
+from deep.data import spec_kind
 from deep.files import atomic_write_text
+from deep.layout import (
+    CHECKPOINT_NAME,
+    REPORT_DIR,
+    REPORT_FILES,
+    SUMMARY_NAME,
+    SWEEP_EVENTS,
+    SWEEP_META,
+    SWEEP_SPEC,
+    FolderError,
+    claim,
+)
+from deep.tasks import PlacementError, ray_map, ray_session, require_ray
 
-SPEC_NAME = "sweep.json"
-EVENTS_NAME = "sweep.jsonl"
-META_DIR = ".sweep"
-"""Per trial, beside (not in) its run folder, which deep.train wants to itself:
-``<name>.json`` (the trial's definition), ``<name>.log`` (its output), ``<name>.lock``."""
-SUMMARY_NAME = "summary.json"
-CHECKPOINT_NAME = "checkpoint.pt"
-INSTALL_HINT = "pip install -e .[sweep]"
+SPEC_NAME = SWEEP_SPEC
+EVENTS_NAME = SWEEP_EVENTS
+META_DIR = SWEEP_META
 
-# What deep.report writes into the sweep folder; with the two files above, all that is ours.
-_REPORT_FILES = report_module.REPORT_FILES
+# Everything a sweep folder may hold besides its trial folders: the sweep's files, its report
+# folder, and the report files that earlier versions wrote into the sweep folder itself.
+_OWN = frozenset({SPEC_NAME, EVENTS_NAME, META_DIR, REPORT_DIR, *REPORT_FILES})
+# The longest trial name kept whole; a longer one is cut and ends with a digest of the whole.
+_MAX_NAME = 150
 # Set by the sweep itself (its lists and resources), so not allowed among the settings.
 _RESERVED = frozenset({"algo", "dataset", "seed", "out", "resume", "threads", "device"})
 _SPEC_KEYS = frozenset({"algos", "datasets", "seeds", "out", "train", "grid"})
@@ -101,7 +117,7 @@ def _meta(root: Path, name: str, kind: str) -> Path:
     return root / META_DIR / f"{name}.{kind}"
 
 
-class SweepError(Exception):
+class SweepError(ValueError):
     """Bad input to a sweep; its message is one line naming the problem."""
 
 
@@ -125,11 +141,32 @@ class Trial:
 
     @property
     def name(self) -> str:
-        """Folder name: ``algo-dataset[-key=value...]-seedN``."""
+        """Folder name: ``algo-dataset[-key=value...]-seedN``; beyond 150 characters, cut and
+        ended by a digest of the whole name (the full settings are in ``.sweep/<name>.json``
+        and the run's config)."""
         parts = [self.algo, _slug(self.dataset)]
         values = dict(self.settings)
         parts += [f"{k}={_slug(_value_text(values[k]))}" for k in self.grid]
-        return "-".join([*parts, f"seed{self.seed}"])
+        name = "-".join([*parts, f"seed{self.seed}"])
+        if len(name) <= _MAX_NAME:
+            return name
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        return f"{name[: _MAX_NAME - 25]}-{digest}-seed{self.seed}"
+
+    def config(self, root: str | Path) -> TrainConfig[Any]:
+        """The trial's training run in ``root / name``; ValueError naming the trial and the
+        option when a setting is unknown, of the wrong type or impossible."""
+        return options_config(
+            self.algo,
+            dict(self.settings),
+            where=f"trial {self.name}",
+            dataset=self.dataset,
+            seed=self.seed,
+            out=str(Path(root) / self.name),
+            threads=self.threads,
+            device=self.device,
+            progress=False,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """What ``.sweep/<name>.json`` holds (deep.report reads ``settings``)."""
@@ -157,45 +194,6 @@ def _slug(text: str) -> str:
         text = Path(text).stem
     text = text.removeprefix("minari:")
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_") or "_"
-
-
-def trial_argv(trial: Trial, run_dir: str | Path) -> list[str]:
-    """The ``deep.train`` command line (after ``python -m deep.train``) of a fresh trial.
-
-    Written for ``python -m deep.train ALGO --dataset D --seed S --out DIR [--option VALUE]``:
-    a list value becomes several tokens (``--critic-hidden 64 64``), a bool ``--flag`` or
-    ``--no-flag``, None is left to train's default.
-    """
-    argv = [
-        trial.algo,
-        "--dataset",
-        trial.dataset,
-        "--seed",
-        str(trial.seed),
-        "--out",
-        str(run_dir),
-        "--threads",
-        str(trial.threads),
-        "--device",
-        trial.device,
-        "--no-progress",
-    ]
-    for key, value in trial.settings:
-        flag = "--" + key.replace("_", "-")
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            argv.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, list | tuple):
-            argv += [flag, *(_value_text(v) for v in value)]
-        else:
-            argv += [flag, _value_text(value)]
-    return argv
-
-
-def resume_argv(run_dir: str | Path) -> list[str]:
-    """The ``deep.train`` command line that continues the run in ``run_dir``."""
-    return ["resume", str(run_dir)]
 
 
 # ------------------------------------------------------------------------------ the spec
@@ -295,6 +293,9 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "spec") -> Spec:
         if key not in data:
             raise SweepError(f"{source}: no {key} given")
     algos = _str_list(data["algos"], "algos")
+    unknown = [a for a in algos if a not in ALGORITHMS]
+    if unknown:
+        raise SweepError(f"unknown algo {unknown[0]!r}; choose among {', '.join(ALGORITHMS)}")
     per_algo: dict[str, dict[str, dict[str, Any]]] = {}
     for key, value in data.items():
         if key in _SPEC_KEYS:
@@ -303,6 +304,11 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "spec") -> Spec:
             raise SweepError(
                 f"{source}: unknown key {key!r} (expected {', '.join(sorted(_SPEC_KEYS))}, "
                 "or an algo's table holding train and/or grid)"
+            )
+        if key not in ALGORITHMS:
+            raise SweepError(
+                f"{source}: [{key}] is a table for an algorithm, but {key!r} is none; "
+                f"algorithms: {', '.join(ALGORITHMS)}"
             )
         if key not in algos:
             continue  # options of an algo this sweep leaves out (e.g. --algos bc on the CLI)
@@ -322,7 +328,15 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "spec") -> Spec:
         per_algo=per_algo,
         out=out,
     )
+    fixed_and_grid = sorted(set(spec.train) & set(spec.grid))
+    if fixed_and_grid:
+        raise SweepError(
+            f"{source}: {fixed_and_grid} set both as a fixed option and as a grid axis"
+        )
     for algo, tables in per_algo.items():
+        twice = sorted(set(tables["train"]) & set(tables["grid"]))
+        if twice:
+            raise SweepError(f"{algo}: {twice} set both in {algo}.train and in {algo}.grid")
         for kind in ("train", "grid"):
             both = (set(spec.train) | set(spec.grid)) & set(tables[kind])
             if both:
@@ -376,8 +390,8 @@ def trials(spec: Spec, threads: int = 1, device: str = "cpu") -> list[Trial]:
                             device=device,
                         )
                     )
-    names = [t.name for t in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    counts = collections.Counter(t.name for t in out)
+    dup = sorted(n for n, k in counts.items() if k > 1)
     if dup:
         raise SweepError(f"two trials would share the folder {dup[0]} (datasets with one stem?)")
     return out
@@ -406,42 +420,35 @@ def one_line(text: str) -> str:
     return ": ".join(kept[:2]) or "(no message)"
 
 
-def _call_train(argv: Sequence[str]) -> tuple[int, str, str]:
-    """``deep.train.main(argv)`` with its output captured: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = train.main(list(argv))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    return int(code), out.getvalue(), err.getvalue()
+def _canonical(settings: Any) -> str:
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
-def check_trials(items: Sequence[Trial]) -> None:
-    """Ask the train command line about one trial of each algo and settings-name set.
-
-    Runs ``deep.train`` with the trial's argv plus ``--help`` (it parses, prints help, trains
-    nothing): a parse error, an algo the help does not name, or an option the help does not
-    list raises :class:`SweepError`. Values are checked when the trial runs.
-    """
-    seen = set()
-    for trial in items:
-        key = (trial.algo, tuple(k for k, _ in trial.settings))
-        if key in seen:
-            continue
-        seen.add(key)
-        argv = trial_argv(trial, Path("sweep-check") / trial.name)
-        code, out, err = _call_train([*argv, "--help"])
-        if code != 0:
-            raise SweepError(f"deep.train rejects {trial.name}: {one_line(err or out)}")
-        if not re.search(rf"(?<![\w-]){re.escape(trial.algo)}(?![\w-])", out):
-            raise SweepError(f"unknown algo {trial.algo!r} (see python -m deep.train --help)")
-        known = set(re.findall(r"--[A-Za-z0-9][\w-]*", out))
-        unknown = [a for a in argv if a.startswith("--") and a not in known]
-        if unknown:
+def check_trials(items: Sequence[Trial], root: Path) -> None:
+    """Every trial's config and dataset, checked before any trial runs: the first that cannot
+    run raises :class:`SweepError` naming it, its position and the problem."""
+    datasets: dict[str, str | None] = {}
+    checked: set[tuple[Any, ...]] = set()  # trials that differ only in a valid seed check once
+    for i, trial in enumerate(items, 1):
+        if trial.dataset not in datasets:
+            try:
+                spec_kind(trial.dataset)
+                datasets[trial.dataset] = None
+            except (OSError, ValueError, KeyError) as e:
+                datasets[trial.dataset] = cli.one_line(e)
+        problem = datasets[trial.dataset]
+        key = (trial.algo, trial.dataset, _canonical(trial.settings), trial.seed < 0)
+        if problem is not None:
+            problem = f"trial {trial.name}: {problem}"
+        elif key not in checked:
+            try:
+                trial.config(root)
+                checked.add(key)
+            except ValueError as e:
+                problem = cli.one_line(e)
+        if problem is not None:
             raise SweepError(
-                f"{trial.algo} has no option {', '.join(unknown)} "
-                f"(see python -m deep.train {trial.algo} --help)"
+                f"trial {i} of {len(items)} cannot run, so none was started: {problem}"
             )
 
 
@@ -453,22 +460,15 @@ def check_folder(root: Path, items: Sequence[Trial]) -> None:
     if not root.exists():
         return
     names = {t.name: t for t in items}
-    foreign = []
-    for entry in sorted(root.iterdir()):
-        if entry.name in (SPEC_NAME, EVENTS_NAME, META_DIR) or entry.name in _REPORT_FILES:
-            continue
-        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-            continue  # an atomic write interrupted by a kill
-        if entry.is_dir() and (
-            _meta(root, entry.name, "json").is_file() or not any(entry.iterdir())
-        ):
-            continue
-        foreign.append(entry.name + ("/" if entry.is_dir() else ""))
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise SweepError(
-            f"{root} holds files not made by deep.sweep ({shown}); choose another --out"
-        )
+    trial_dirs = {
+        e.name
+        for e in root.iterdir()
+        if e.is_dir() and (_meta(root, e.name, "json").is_file() or not any(e.iterdir()))
+    }
+    try:
+        claim(root, _OWN | trial_dirs, "deep.sweep")
+    except FolderError as e:
+        raise SweepError(str(e)) from None
     for name, trial in names.items():
         path = _meta(root, name, "json")
         if not path.is_file():
@@ -581,127 +581,46 @@ def _run_trial_locked(trial: Trial, root: Path) -> TrialResult:
     if state == "done":
         _event(root, trial.name, "skip")
         return TrialResult(trial.name, "skipped", score=_score(_summary(run_dir)))
-    if state == "resume":
-        argv = resume_argv(run_dir)
-    else:
-        # Killed before its first checkpoint: nothing to keep (the folder is ours, see
-        # check_folder), and deep.train refuses a folder that holds a config already.
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+    config = trial.config(root)
+    if state == "fresh":
         atomic_write_text(
             _meta(root, trial.name, "json"), json.dumps(trial.to_dict(), indent=2) + "\n"
         )
-        argv = trial_argv(trial, run_dir)
     _event(root, trial.name, "start" if state == "fresh" else "resume")
     start = time.perf_counter()
-    with open(_meta(root, trial.name, "log"), "a") as log:
-        log.write(f"$ python -m deep.train {' '.join(argv)}\n")
-        log.flush()
-        code, out, err = _call_train(argv)
-        log.write(out + err)
+    log_path = _meta(root, trial.name, "log")
+    with (
+        open(log_path, "a") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        print(f"$ {state} {json.dumps(trial.to_dict())}", flush=True)
+        try:
+            summary = train.start_or_resume(config)
+        except KeyboardInterrupt:
+            _event(root, trial.name, "interrupted")
+            raise
+        except Exception as e:
+            message = cli.one_line(e)
+            print(f"error: {type(e).__name__}: {message}")
+            failed = True
+        else:
+            failed = False
     seconds = time.perf_counter() - start
-    if code == 130:  # deep.train's exit code after Ctrl-C: stop the sweep, not just this trial
-        _event(root, trial.name, "interrupted")
-        raise KeyboardInterrupt
-    if code != 0:
-        message = one_line(err or out)
-        _event(root, trial.name, "failed", code=code, message=message)
-        return TrialResult(trial.name, "failed", code, message, seconds)
+    if failed:
+        _event(root, trial.name, "failed", code=1, message=message)
+        return TrialResult(trial.name, "failed", 1, message, seconds)
     _event(root, trial.name, "done", seconds=seconds)
-    return TrialResult(trial.name, "done", seconds=seconds, score=_score(_summary(run_dir)))
-
-
-def _exit_with_parent(poll_seconds: float = 0.5) -> None:
-    """Exit this process (a Ray worker) as soon as its parent, the raylet, is gone.
-
-    When the driver is killed its raylet dies with it, but a worker busy in a trial would
-    train on, orphaned, to the trial's end; its last checkpoint is all the next sweep needs.
-    """
-    import threading
-
-    if any(t.name == "exit-with-raylet" for t in threading.enumerate()):
-        return  # a worker runs many tasks; one watcher is enough
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_seconds)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-raylet", daemon=True).start()
+    return TrialResult(trial.name, "done", seconds=seconds, score=_score(summary))
 
 
 def _run_trial_safely(trial: Trial, root: str) -> TrialResult:
-    """:func:`run_trial`; an error outside training (deep.train reports its own) comes back
+    """:func:`run_trial`; an error outside training (a trial reports its own) comes back
     as a failed result, not a traceback."""
     try:
         return run_trial(trial, root)
     except Exception as e:
-        return TrialResult(trial.name, "failed", 1, f"{type(e).__name__}: {e}")
-
-
-def _ray_task(fn: Callable[..., Any], *args: Any) -> Any:
-    """What every Ray task runs: ``fn(*args)`` in a worker that dies with its raylet."""
-    _exit_with_parent()
-    return fn(*args)
-
-
-def require_ray() -> None:
-    """SweepError naming the install command when Ray does not import."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise SweepError(
-            f"Ray is not installed: {INSTALL_HINT} (or run in this process with --workers 1)"
-        ) from None
-
-
-@contextlib.contextmanager
-def _ray_session(workers: int | None, address: str | None, cpus: int, gpus: float) -> Iterator[Any]:
-    """``ray`` initialised (a local instance on ``workers × cpus`` CPUs, or the cluster at
-    ``address``) and shut down at the end; a local machine too small for one trial is a
-    :class:`SweepError` (its trials would wait forever)."""
-    import ray
-
-    if address is not None:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    else:
-        ray.init(
-            num_cpus=workers * cpus if workers is not None else None,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
-    try:
-        if address is None:
-            have = ray.cluster_resources()
-            for name, need in (("CPU", cpus), ("GPU", gpus)):
-                if need > have.get(name, 0.0):
-                    raise SweepError(
-                        f"a trial needs {need:g} {name}s, this machine has {have.get(name, 0.0):g}"
-                    )
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def _ray_map(
-    ray: Any, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], cpus: int, gpus: float
-) -> Iterator[tuple[int, Any]]:
-    """``fn(*args)`` for every ``args`` of ``calls``, each a Ray task; ``(index, result)`` in
-    the order they finish, the exception in place of the result of a task that failed."""
-    # Ray retries a task whose worker died; a retried run resumes from its checkpoint.
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=2)(_ray_task)
-    index = {task.remote(fn, *args): i for i, args in enumerate(calls)}
-    pending = list(index)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        for ref in ready:
-            try:
-                yield index[ref], ray.get(ref)
-            except ray.exceptions.RayError as e:  # fn raised, or its worker died too often
-                yield index[ref], e
+        return TrialResult(trial.name, "failed", 1, f"{type(e).__name__}: {cli.one_line(e)}")
 
 
 def _ray_results(
@@ -709,37 +628,12 @@ def _ray_results(
 ) -> Iterator[TrialResult]:
     """Every trial as a Ray task; results in the order they finish."""
     calls = [(t, str(root.resolve())) for t in items]
-    for i, result in _ray_map(ray, _run_trial_safely, calls, cpus, gpus):
+    for i, result in ray_map(ray, _run_trial_safely, calls, cpus, gpus):
         if isinstance(result, BaseException):
-            message = one_line(str(result)) if str(result) else type(result).__name__
+            message = cli.one_line(result)
             yield TrialResult(items[i].name, "failed", 1, message)
         else:
             yield result
-
-
-def map_calls(
-    fn: Callable[..., Any],
-    calls: Sequence[tuple[Any, ...]],
-    workers: int = 1,
-    address: str | None = None,
-    cpus_per_call: int = 1,
-) -> Iterator[tuple[int, Any]]:
-    """``fn(*args)`` for every ``args`` of ``calls``, placed as the sweep's trials are: one
-    after the other in this process (``workers == 1``, no ``address`` nor ``RAY_ADDRESS``),
-    else as Ray tasks on a local instance of ``workers × cpus_per_call`` CPUs or on the
-    cluster at ``address``. Yields ``(index, result)`` in the order the calls finish; in
-    this process an exception propagates, on Ray it is yielded in place of the result.
-    ``fn`` and the arguments must pickle (a module-level function, plain data)."""
-    if workers < 1 or cpus_per_call < 1:
-        raise SweepError(f"workers and CPUs per call must be >= 1, got {workers}, {cpus_per_call}")
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if workers == 1 and address is None:
-        for i, args in enumerate(calls):
-            yield i, fn(*args)
-        return
-    require_ray()
-    with _ray_session(None if address else workers, address, cpus_per_call, 0.0) as ray:
-        yield from _ray_map(ray, fn, calls, cpus_per_call, 0.0)
 
 
 def run_sweep(
@@ -774,7 +668,7 @@ def run_sweep(
     root = Path(out)
     items = trials(spec, cpus_per_trial, "cuda" if gpus_per_trial > 0 else "cpu")
     check_folder(root, items)
-    check_trials(items)
+    check_trials(items, root)
 
     def say(text: str) -> None:
         if echo:
@@ -800,7 +694,7 @@ def run_sweep(
     else:
         cores = os.cpu_count() or 1
         n = workers if workers is not None else max(1, cores // cpus_per_trial)
-        with _ray_session(
+        with ray_session(
             None if address else n, address, cpus_per_trial, gpus_per_trial
         ) as ray_module:
             start()
@@ -925,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.dry_run:
             items = trials(spec, config.cpus_per_trial)
             check_folder(Path(out), items)
-            check_trials(items)
+            check_trials(items, Path(out))
             for t in items:
                 print(f"{trial_state(Path(out) / t.name):6s} {t.name}")
             return 0
@@ -939,7 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report=config.report,
             reps=config.reps,
         )
-    except SweepError as e:
+    except (SweepError, PlacementError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -38,17 +38,17 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import tyro
 from tqdm import tqdm
 
 from deep import plots
-from deep.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from deep.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from deep.cli import main_guard
 from deep.config import (
     DatasetInfo,
@@ -59,6 +59,7 @@ from deep.config import (
     checkpoint_interval,
     cli_type,
     config_from_dict,
+    config_to_dict,
     default_out_dir,
     evaluation_gamma,
     resolve_device,
@@ -75,9 +76,20 @@ from deep.data import (
     normalize_dataset,
 )
 from deep.evaluation import check_environment, eval_seed, evaluate_agent
-from deep.files import is_leftover, remove_leftovers
-from deep.runlog import (
+from deep.files import remove_leftovers
+from deep.layout import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    LEARNING_CURVES,
     METRICS_NAME,
+    RUN_FILES,
+    SUMMARY_NAME,
+    TENSORBOARD_DIR,
+    FolderError,
+    claim,
+    folder_lock,
+)
+from deep.runlog import (
     MetricBuffer,
     NonFiniteError,
     RunLog,
@@ -100,10 +112,10 @@ __all__ = [
     "main",
     "make_summary",
     "run",
+    "run_folder",
+    "run_state",
+    "start_or_resume",
 ]
-
-CONFIG_NAME = "config.json"
-SUMMARY_NAME = "summary.json"
 
 
 class NoEvaluationWarning(UserWarning):
@@ -118,32 +130,96 @@ def check_new_run_dir(run_dir: Path) -> None:
     """A new run may use ``run_dir`` only when it is new, empty (leftovers of killed writes
     aside) and writable; a run of ours there is to be resumed, anything else is refused, so
     nothing the project did not write is ever overwritten."""
-    if str(run_dir) in ("", "."):
-        raise ValueError("--out names no folder: give the run a folder of its own")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FileExistsError(f"--out {run_dir} is a file, not a folder; choose another --out")
     if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / CONFIG_NAME).exists():
-        raise FileExistsError(
+        raise FolderError(
             f"{run_dir} already holds a run; continue it with "
             f"`python -m deep.train resume {run_dir}` or choose another --out"
         )
-    if run_dir.is_dir():
-        foreign = sorted(p.name for p in run_dir.iterdir() if not is_leftover(p))
-        if foreign:
-            listed = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-            raise FileExistsError(
-                f"--out {run_dir} holds files that are not a run of this project ({listed}); "
-                "nothing was written there: choose a new or empty folder"
-            )
+    claim(run_dir, (), "deep.train")
+
+
+class SettingsChangedError(FolderError):
+    """A folder holds a run made with other settings than the ones asked for."""
+
+
+def run_folder(config: TrainConfig[Any]) -> Path:
+    """Where ``config`` runs: ``--out``, else ``runs/<algo>-<dataset>-seed<seed>``."""
+    return Path(config.run.out) if config.run.out is not None else default_out_dir(config)
+
+
+# Run settings that say how a run is watched, not what it computes.
+_NOT_COMPARED = frozenset({"out", "progress"})
+
+
+def _comparable(config: TrainConfig[Any]) -> dict[str, Any]:
+    data = config_to_dict(config)
+    data["train"]["dataset"] = _absolute_spec(data["train"]["dataset"])
+    for key in _NOT_COMPARED:
+        data["train"].pop(key, None)
+    return data
+
+
+def settings_differences(a: TrainConfig[Any], b: TrainConfig[Any]) -> list[str]:
+    """The settings (``train.steps``, ``agent.cql_weight``, ...) in which two configs differ,
+    apart from where and how visibly they run."""
+    da, db = _comparable(a), _comparable(b)
+    return sorted(
+        f"{part}.{key}"
+        for part in da
+        for key in set(da[part]) | set(db.get(part, {}))
+        if da[part].get(key) != db.get(part, {}).get(key)
+    )
+
+
+def _finished(run_dir: Path) -> dict[str, Any] | None:
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-probe-{id(run_dir):x}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(
-            f"cannot write to --out {run_dir} ({e.strerror or e}); choose a writable folder"
-        ) from None
+        summary = json.loads((run_dir / SUMMARY_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def run_state(
+    config: TrainConfig[Any], tool_files: Collection[str] = ()
+) -> Literal["start", "resume", "done"]:
+    """What :func:`start_or_resume` will do with ``config``'s folder, checked in
+    milliseconds: ``start`` (new or empty), ``resume`` (a stopped run with these settings) or
+    ``done`` (a finished one). A run with other settings, or a folder with files that are not
+    a run's (or ``tool_files``, which the calling tool writes beside a run), raises
+    :class:`FolderError` naming them: a tool that starts several runs checks every one of
+    them with this before it trains the first."""
+    validate_config(config)
+    run_dir = run_folder(config)
+    ours = (run_dir / CONFIG_NAME).exists() or (run_dir / CHECKPOINT_NAME).exists()
+    # A folder without a run's config holds nothing of ours, whatever its files are called.
+    claim(run_dir, RUN_FILES | set(tool_files) if ours else (), "deep.train")
+    if not ours:
+        return "start"
+    saved, _ = load_run_config(run_dir)
+    changed = settings_differences(saved, config)
+    if changed:
+        raise SettingsChangedError(
+            f"{run_dir} holds a run made with other settings ({', '.join(changed)} "
+            "differ); choose another --out, or delete that folder to redo the run"
+        )
+    return "done" if _finished(run_dir) is not None else "resume"
+
+
+def start_or_resume(config: TrainConfig[Any], tool_files: Collection[str] = ()) -> dict[str, Any]:
+    """Run ``config`` in its folder by the one rule every tool uses (:func:`run_state`): a new
+    or empty folder starts the run; a run made with the same settings is resumed from its
+    checkpoint, or read back when it has finished (its summary); a run with other settings,
+    or anything that is not a run of ours, is refused. The check and the training hold the
+    folder's lock, so of two processes given one folder, the second finds what the first
+    made and reads, resumes or refuses it. Returns the run's summary."""
+    run_dir = run_folder(config)
+    run_state(config, tool_files)  # refuses a foreign folder before the lock goes in
+    with folder_lock(run_dir):
+        state = run_state(config, tool_files)
+        if state == "start":
+            return run(config)
+        done = _finished(run_dir)
+        return done if done is not None else run(str(run_dir))
 
 
 def _absolute_spec(spec: str) -> str:
@@ -185,8 +261,8 @@ def load_run_config(run_dir: Path) -> tuple[TrainConfig[Any], dict[str, Any] | N
 
 
 def run(config: TrainConfig[Any] | str | Path) -> dict[str, Any]:
-    """Train a run, or resume the one in the directory ``config``; returns its summary (also
-    written to ``summary.json``).
+    """Train a run in a new folder, or resume the one in the directory ``config``; returns its
+    summary (also written to ``summary.json``). :func:`start_or_resume` decides which.
 
     Raises :class:`~deep.runlog.NonFiniteError` when a metric or the state becomes NaN/inf;
     the last checkpoint on disk is then left as it was.
@@ -200,7 +276,7 @@ def run(config: TrainConfig[Any] | str | Path) -> dict[str, Any]:
         validate_config(config)
     else:
         validate_config(config)
-        run_dir = Path(config.run.out) if config.run.out is not None else default_out_dir(config)
+        run_dir = run_folder(config)
         check_new_run_dir(run_dir)
         settings = dataclasses.replace(
             config.run, out=str(run_dir), dataset=_absolute_spec(config.run.dataset)
@@ -520,10 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(json_text({k: v for k, v in summary.items() if k != "final_train_metrics"}), end="")
         done = target[0]
-        if isinstance(done, str):
-            run_dir = Path(done)
-        else:
-            run_dir = Path(done.run.out) if done.run.out is not None else default_out_dir(done)
+        run_dir = Path(done) if isinstance(done, str) else run_folder(done)
         print(where_the_files_are(run_dir), file=sys.stderr)
         return 0
 
@@ -541,8 +614,8 @@ def where_the_files_are(run_dir: Path) -> str:
         (CHECKPOINT_NAME, "the checkpoint (python -m deep.evaluate, deep.train resume)"),
         (METRICS_NAME, "every logged metric"),
         (SUMMARY_NAME, "the final numbers (above)"),
-        (plots.LEARNING_CURVES, "the curves"),
-        ("tb", f"TensorBoard logs (tensorboard --logdir {run_dir / 'tb'})"),
+        (LEARNING_CURVES, "the curves"),
+        (TENSORBOARD_DIR, f"TensorBoard logs (tensorboard --logdir {run_dir / TENSORBOARD_DIR})"),
     ]
     lines = [f"run folder: {run_dir}"]
     lines += [f"  {name:20s} {what}" for name, what in described if (run_dir / name).exists()]
@@ -555,7 +628,7 @@ def _interrupted(target: list[TrainConfig[Any] | str]) -> str:
     if not target:
         return "interrupted"
     first = target[0]
-    where = Path(first) if isinstance(first, str) else Path(first.run.out or default_out_dir(first))
+    where = Path(first) if isinstance(first, str) else run_folder(first)
     if (where / CHECKPOINT_NAME).exists() or (where / CONFIG_NAME).exists():
         return f"interrupted; continue with `python -m deep.train resume {where}`"
     return "interrupted before the run started; nothing was saved: run the same command again"

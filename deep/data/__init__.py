@@ -147,6 +147,7 @@ __all__ = [
     "normalize_dataset",
     "returns_to_go",
     "save_npz",
+    "spec_kind",
     "validate_dataset",
 ]
 
@@ -157,6 +158,37 @@ SPEC_FORMS = (
     "a .npz file path (D4RL keys, or transition keys with next_observations)",
     "minari:<dataset id>, read from $MINARI_DATASETS_PATH without downloading",
 )
+
+
+def spec_kind(spec: str | os.PathLike[str]) -> Literal["minari", "file", "builtin", "locomotion"]:
+    """What a dataset spec names, checked in microseconds without reading any data: a file
+    that must exist with a supported suffix, a Minari id, or a built-in name. A spec that can
+    name nothing raises what :func:`load_dataset` would: FileNotFoundError for a missing
+    file, ValueError for an unsupported suffix, KeyError (listing the built-ins) for an
+    unknown name."""
+    text = os.fspath(spec)
+    if text.startswith("minari:"):
+        return "minari"
+    path = Path(text).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in EXPORT_SUFFIXES:
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset file not found: {path}")
+        return "file"
+    if path.exists() or os.sep in text or "." in path.name:
+        raise ValueError(
+            f"cannot read {text!r}: unsupported suffix {suffix!r}. Accepted specs: "
+            + "; ".join(SPEC_FORMS)
+        )
+    if is_locomotion_name(text):
+        return "locomotion"
+    known = builtin.builtin_names()
+    if text in known:
+        return "builtin"
+    raise KeyError(
+        f"unknown dataset {text!r}. Built-in datasets: {known + locomotion_names()}. "
+        "Accepted specs: " + "; ".join(SPEC_FORMS)
+    )
 
 
 def load_dataset(
@@ -223,50 +255,32 @@ def load_dataset(
         rescale_actions,
     )
     text = os.fspath(spec)
-    if text.startswith("minari:"):
+    kind = spec_kind(text)
+    if kind == "minari":
         if max_episode_steps is not None:
             raise ValueError(
                 f"--max-episode-steps is for D4RL files without 'timeouts'; {text} records its "
                 "episode ends (truncations)"
             )
         return read_minari(text[len("minari:") :], opts)
-    path = Path(text).expanduser()
-    suffix = path.suffix.lower()
-    if suffix in EXPORT_SUFFIXES:
-        if not path.is_file():
-            raise FileNotFoundError(f"dataset file not found: {path}")
-        if suffix == ".npz":
+    if kind == "file":
+        path = Path(text).expanduser()
+        if path.suffix.lower() == ".npz":
             return read_npz(path, opts)
         if layout == "transitions":
             raise ValueError("HDF5 files are read in the D4RL layout; 'transitions' is for .npz")
         return read_hdf5(path, opts)
-    if path.exists() or os.sep in text or "." in path.name:
+    if max_episode_steps is not None:
         raise ValueError(
-            f"cannot read {text!r}: unsupported suffix {suffix!r}. Accepted specs: "
-            + "; ".join(SPEC_FORMS)
+            "--max-episode-steps is for D4RL files without 'timeouts'; the built-in "
+            f"dataset {text} records its episode ends"
         )
-
-    known = builtin.builtin_names()
-    if is_locomotion_name(text) or text in known:
-        if max_episode_steps is not None:
-            raise ValueError(
-                "--max-episode-steps is for D4RL files without 'timeouts'; the built-in "
-                f"dataset {text} records its episode ends"
-            )
-        if action_low is not None or action_high is not None:
-            raise ValueError(
-                "--action-low/--action-high are for files and Minari datasets; the built-in "
-                f"dataset {text} stores its actions in [-1, 1] already"
-            )
-    if is_locomotion_name(text):
-        dataset = load_locomotion(text)
-    elif text in known:
-        dataset = builtin.load_builtin(text)
-    else:
-        raise KeyError(
-            f"unknown dataset {text!r}. Built-in datasets: {known + locomotion_names()}. "
-            "Accepted specs: " + "; ".join(SPEC_FORMS)
+    if action_low is not None or action_high is not None:
+        raise ValueError(
+            "--action-low/--action-high are for files and Minari datasets; the built-in "
+            f"dataset {text} stores its actions in [-1, 1] already"
         )
+    dataset = load_locomotion(text) if kind == "locomotion" else builtin.load_builtin(text)
     if name is not None:
         dataset = replace(dataset, name=name)
     if env_id is not None:

@@ -14,6 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from deep import bench
+from deep.algos import CQLConfig
 from deep.bench import (
     BenchSetting,
     HostReadDetector,
@@ -26,7 +27,9 @@ from deep.bench import (
     replay_seconds,
 )
 
-TINY = BenchSetting(hidden=(16, 8), batch_size=8, n_actions=3)
+TINY = BenchSetting(
+    CQLConfig(actor_hidden=(16, 8), critic_hidden=(16, 8), cql_n_actions=3), batch_size=8
+)
 
 
 def test_mlp_pass_flops_by_hand() -> None:
@@ -69,7 +72,12 @@ def test_flop_count_is_the_work_of_a_real_update(precision: bench.Precision) -> 
     with FlopCounterMode(display=False) as counter:
         step()
     expected = cql_update_flops(
-        obs_dim, act_dim, TINY.hidden, TINY.batch_size, TINY.n_actions, TINY.n_critics
+        obs_dim,
+        act_dim,
+        TINY.agent.critic_hidden,
+        TINY.batch_size,
+        TINY.agent.cql_n_actions,
+        TINY.agent.n_critics,
     )
     assert counter.get_total_flops() == expected
 
@@ -84,7 +92,12 @@ def test_recorded_matmuls_are_the_counted_work_and_replay_with_their_layouts(
     with MatmulRecorder() as recorder:
         step()
     expected = cql_update_flops(
-        obs_dim, act_dim, TINY.hidden, TINY.batch_size, TINY.n_actions, TINY.n_critics
+        obs_dim,
+        act_dim,
+        TINY.agent.critic_hidden,
+        TINY.batch_size,
+        TINY.agent.cql_n_actions,
+        TINY.agent.n_critics,
     )
     assert recorder.flop == expected
     ops = {op.__name__.split(".")[0] for op, _ in recorder.calls}
@@ -208,7 +221,9 @@ def test_run_case_record_and_bad_names(monkeypatch: pytest.MonkeyPatch) -> None:
     record = bench.run_case("hopper", setting=TINY, steps=2, repeats=2, warmup=1)
     assert record["case"] == "hopper(11,3)" and record["precision"] == "fp32"
     assert record["host_reads_per_update"] == 0
-    flop = cql_update_flops(11, 3, TINY.hidden, TINY.batch_size, TINY.n_actions)
+    flop = cql_update_flops(
+        11, 3, TINY.agent.critic_hidden, TINY.batch_size, TINY.agent.cql_n_actions
+    )
     assert record["update_gflop"] == round(flop / 1e9, 4)
     lo, hi = record["steps_per_second_spread"]
     assert lo <= record["steps_per_second"] <= hi
@@ -224,7 +239,10 @@ def test_run_case_record_and_bad_names(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_command_line_prints_one_json_line_per_case(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fast = dataclasses.replace(TINY, n_actions=1, estimator="rho", data_in_push_down=True)
+    fast_agent = dataclasses.replace(
+        TINY.agent, cql_n_actions=1, cql_estimator="rho", cql_data_in_push_down=True
+    )
+    fast = dataclasses.replace(TINY, agent=fast_agent)
     monkeypatch.setattr(bench, "SETTINGS", {"standard": TINY, "fast": fast})
     monkeypatch.setattr(bench, "matmul_gflops", lambda *args, **kwargs: 100.0)
     bench.main(["--steps", "1", "--repeats", "1", "--warmup", "0", "--threads", "1"])
@@ -272,3 +290,20 @@ def test_gpu_layout_of_the_critic_matches_the_cpu_layout(precision: str) -> None
         assert len(grad) == len(grads[0]) == 6  # 3 layers × (weight, bias), all reached
         for a, b in zip(grad, grads[0], strict=True):
             torch.testing.assert_close(a, b, **tol)
+
+
+def test_named_settings_are_the_registry_presets() -> None:
+    # The bench times what deep.train cql / cql-fast train, not a copy of their fields.
+    from deep.algos import get_algorithm
+
+    assert bench.SETTINGS["standard"].agent == get_algorithm("cql").default_config()
+    assert bench.SETTINGS["fast"].agent == get_algorithm("cql-fast").default_config()
+
+
+def test_bad_options_end_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:  # tyro refuses an unknown choice, exit 2
+        bench.main(["--setting", "quick"])
+    assert stop.value.code == 2
+    assert bench.main(["--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "must be >= 1" in err and "Traceback" not in err

@@ -81,7 +81,7 @@ def test_without_d3rlpy_our_side_runs(
     def no_training(*_: object) -> None:
         raise AssertionError("a finished seed was trained again")
 
-    monkeypatch.setattr(parity, "run", no_training)
+    monkeypatch.setattr(parity, "start_or_resume", no_training)
     assert parity.main(args) == 0
     (out / "results.md").unlink()
     assert parity.main([*args, "--train"]) == 0  # no side: the table only

@@ -51,20 +51,20 @@ def test_a_folder_that_is_not_ours_is_refused_and_left_as_it_was(
         folder.mkdir()
         (folder / name).write_text("the user's own file")
         assert train.main(tiny(pendulum, folder)) == 2
-        assert "not a run of this project" in one_error_line(capsys)
+        assert "holds files deep.train did not write" in one_error_line(capsys)
         assert [p.name for p in folder.iterdir()] == [name]
         assert (folder / name).read_text() == "the user's own file"
     tb = tmp_path / "tensorboard"
     (tb / "tb").mkdir(parents=True)
     assert train.main(tiny(pendulum, tb)) == 2
-    assert "not a run of this project" in one_error_line(capsys)
+    assert "holds files deep.train did not write" in one_error_line(capsys)
 
 
 def test_no_folder_a_file_or_an_unwritable_place_is_refused(
     pendulum: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert train.main(tiny(pendulum, Path(""))) == 2
-    assert "names no folder" in one_error_line(capsys)
+    assert "no folder named" in one_error_line(capsys)
     a_file = tmp_path / "file.txt"
     a_file.write_text("keep")
     assert train.main(tiny(pendulum, a_file)) == 2
@@ -72,7 +72,7 @@ def test_no_folder_a_file_or_an_unwritable_place_is_refused(
     assert a_file.read_text() == "keep"
     # Below a file no folder can be made, whoever runs the test (root ignores mode bits).
     assert train.main(tiny(pendulum, a_file / "run")) == 2
-    assert "cannot write to --out" in one_error_line(capsys)
+    assert "cannot write to" in one_error_line(capsys)
 
 
 def test_leftovers_of_killed_writes_are_cleaned_and_files_follow_the_umask(
@@ -236,3 +236,74 @@ def test_interrupt_before_the_first_checkpoint_says_what_is_left(
     monkeypatch.setattr(train, "load_dataset", interrupted)
     assert train.main(tiny(pendulum, tmp_path / "run")) == 130
     assert "nothing was saved" in capsys.readouterr().err
+
+
+# ------------------------------------------------- one rule for a run folder, every tool
+
+
+def _bc(dataset: Path, out: Path, steps: int) -> object:
+    settings = RunConfig(
+        dataset=str(dataset),
+        out=str(out),
+        steps=steps,
+        batch_size=16,
+        log_every=2,
+        eval_every=steps,
+        eval_episodes=1,
+        device="cpu",
+        progress=False,
+        tensorboard=False,
+        plots=False,
+    )
+    return make_config("bc", settings, hidden=(8,))
+
+
+def test_start_or_resume_starts_reads_or_refuses(
+    pendulum: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    first = train.start_or_resume(_bc(pendulum, out, 4))
+    assert train.run_state(_bc(pendulum, out, 4)) == "done"
+
+    def no_training(*_: object) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "run", no_training)
+        again = train.start_or_resume(_bc(pendulum, out, 4))  # read back from summary.json
+        assert again["normalized_score"] == first["normalized_score"]
+    with pytest.raises(
+        train.SettingsChangedError, match=r"other settings \(train\.eval_every, train\.steps differ"
+    ):
+        train.start_or_resume(_bc(pendulum, out, 6))
+    # A folder of files that merely carry a run's names is not a run of ours.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.csv").write_text("the user's")
+    with pytest.raises(train.FolderError, match="did not write"):
+        train.run_state(_bc(pendulum, other, 4))
+    assert [p.name for p in other.iterdir()] == ["metrics.csv"]
+
+
+def test_two_tools_racing_for_one_folder_are_serialised(pendulum: Path, tmp_path: Path) -> None:
+    import threading
+
+    out = tmp_path / "race"
+    outcomes: dict[int, object] = {}
+
+    def go(steps: int) -> None:
+        try:
+            outcomes[steps] = train.start_or_resume(_bc(pendulum, out, steps))["steps"]
+        except train.SettingsChangedError as e:
+            outcomes[steps] = e
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in (6, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = [n for n, o in outcomes.items() if o == n]
+    lost = [n for n, o in outcomes.items() if isinstance(o, train.SettingsChangedError)]
+    # One trained; the other, held at the lock, then saw the winner's settings and refused.
+    assert len(won) == 1 and len(lost) == 1, outcomes
+    assert json.loads((out / "summary.json").read_text())["steps"] == won[0]

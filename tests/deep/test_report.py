@@ -108,10 +108,10 @@ def test_report_tables(runs_root: Path) -> None:
     assert (c["q_above_mc"], c["q_minus_mc_runs"]) == (3, 3)
     assert cells[("pendulum-medium", "bc")]["q_minus_mc"] is None
 
-    text = (runs_root / "results.json").read_text()
+    text = (runs_root / "report" / "results.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text)["cells"] == results["cells"]
-    md = (runs_root / "results.md").read_text()
+    md = (runs_root / "report" / "results.md").read_text()
     assert "| pendulum-medium | cql | 3 | 0 | 5 | 50.0 ± 10.0 |" in md
     assert "Runs without a score" in md
     rows = {tuple(line.split(" | ")[:2]): line for line in md.splitlines() if line.count("|") > 9}
@@ -120,7 +120,7 @@ def test_report_tables(runs_root: Path) -> None:
     assert rows[("| pendulum-medium", "bc")].endswith(" | null | – |")
     pngs = [report.INTERVALS_PNG, report.PROFILES_PNG, report.TRAINING_PNG, report.VALUES_PNG]
     for png in pngs:
-        assert (runs_root / png).stat().st_size > 1000
+        assert (runs_root / "report" / png).stat().st_size > 1000
     assert results["plots"] == pngs
 
 
@@ -211,7 +211,7 @@ def test_ablations_are_paired_by_seed(tmp_path: Path) -> None:
     assert p["difference"]["point"] == pytest.approx(-6.5 / 3)
     assert p["difference"]["low"] <= -3.0 and p["difference"]["high"] >= -1.5
     assert p["difference"]["high"] < 0 and p["x_ahead"] == 0
-    md = (tmp_path / "results.md").read_text()
+    md = (tmp_path / "report" / "results.md").read_text()
     assert f"| hopper-medium | {bf16} | {fp32} | 3 | -1.0, -3.5, -2.0 |" in md
 
 
@@ -223,7 +223,7 @@ def test_all_null_scores_are_reported(tmp_path: Path) -> None:
     assert (cell["runs"], cell["null"], cell["score_mean"], cell["score_iqm"]) == (2, 2, None, None)
     assert results["aggregates"]["cql"]["iqm"] is None
     assert len(results["null_runs"]) == 2
-    json.loads((tmp_path / "results.json").read_text())
+    json.loads((tmp_path / "report" / "results.json").read_text())
 
 
 def test_cli_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -251,3 +251,54 @@ def test_bad_interval_options_are_refused_before_any_work(
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {message}") and "\n" not in err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+# ------------------------------------------------------------------- where a report writes
+
+
+def test_report_writes_its_own_folder_and_refuses_a_foreign_one(
+    runs_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run folder's or a demo's own results.md is never the report's: it goes to DIR/report.
+    demo_table = runs_root / "results.md"
+    demo_table.write_text("the demo's table")
+    assert report.main([str(runs_root), "--reps", "50", "--no-plots"]) == 0
+    assert demo_table.read_text() == "the demo's table"
+    assert (runs_root / "report" / "results.md").is_file()
+    # An --out holding other files is refused before anything is written.
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    capsys.readouterr()
+    assert report.main([str(runs_root), "--out", str(other), "--reps", "50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds files deep.report did not write (notes.txt)" in err and "\n" not in err
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    # Paths that cannot be written: one line, exit 2.
+    for out in ("/dev/null/x", "/proc/x"):
+        assert report.main([str(runs_root), "--out", out, "--reps", "50"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+
+
+def test_a_report_replaces_a_symlink_and_never_writes_through_it(
+    runs_root: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "outside.md"
+    target.write_text("not the report's")
+    out = runs_root / "report"
+    out.mkdir()
+    (out / "results.md").symlink_to(target)
+    report.report(runs_root, reps=50, plots=False)
+    assert target.read_text() == "not the report's"
+    assert not (out / "results.md").is_symlink()
+
+
+def test_one_seed_has_no_interval(tmp_path: Path) -> None:
+    make_run(tmp_path / "r", "cql", "pendulum-medium", 0, 50.0, q=10.0)
+    results = report.report(tmp_path, reps=50, plots=False)
+    (cell,) = results["cells"]
+    assert cell["score_mean"] == 50.0
+    assert cell["score_iqm"] is None and cell["score_mean_ci"] is None
+    assert results["aggregates"]["cql"]["iqm"] is None
+    assert results["q_minus_mc"]["cql"]["q_minus_mc"] is None

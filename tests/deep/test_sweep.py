@@ -1,4 +1,4 @@
-"""deep.sweep: trial command lines, specs, bad input, a real Ray sweep, and a killed one."""
+"""deep.sweep: trial configs, specs, bad input, a real Ray sweep, and a killed one."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from deep import report, stats, sweep
+from deep import report, stats, sweep, tasks
 
 # Small trials: 100 steps of 32x32 networks, a checkpoint every 50 steps (so a killed trial
 # has something to resume), one evaluation at the end. Option names are the
-# train command line's (one place here, as trial_argv is in deep.sweep).
+# fields of the run config and the algorithms' configs.
 TINY = [
     "steps=100",
     "log_every=50",
@@ -49,23 +49,30 @@ def table(results: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ no training
 
 
-def test_trial_argv_and_names() -> None:
+def test_trial_config_and_names(tmp_path: Path) -> None:
+    data = tmp_path / "hopper-medium-v2.hdf5"
     trial = sweep.Trial(
         "cql",
-        "/data/hopper-medium-v2.hdf5",
+        str(data),
         3,
-        settings=(("cql_weight", 5.0), ("critic_hidden", [64, 64]), ("normalize_obs", False)),
+        settings=(("cql_weight", 5), ("critic_hidden", [64, 64]), ("normalize_obs", False)),
         grid=("cql_weight",),
     )
-    argv = sweep.trial_argv(trial, "runs/s/x")
-    assert argv[0] == "cql"
-    for flag, value in (("--dataset", trial.dataset), ("--seed", "3"), ("--out", "runs/s/x")):
-        assert argv[argv.index(flag) + 1] == value
-    i = argv.index("--critic-hidden")
-    assert argv[i + 1 : i + 3] == ["64", "64"]
-    assert "--no-normalize-obs" in argv and argv[argv.index("--cql-weight") + 1] == "5.0"
-    assert trial.name == "cql-hopper-medium-v2-cql_weight=5.0-seed3"
-    assert sweep.resume_argv("runs/s/x") == ["resume", "runs/s/x"]
+    config = trial.config(tmp_path / "s")
+    assert config.algo == "cql" and config.run.seed == 3 and config.run.dataset == str(data)
+    assert config.run.out == str(tmp_path / "s" / trial.name) and not config.run.progress
+    # Values become the fields' types: a JSON list a tuple, a JSON 5 the float 5.0.
+    assert config.agent.critic_hidden == (64, 64) and config.agent.cql_weight == 5.0
+    assert config.run.normalize_obs is False
+    assert trial.name == "cql-hopper-medium-v2-cql_weight=5-seed3"
+
+
+def test_overlong_trial_names_are_cut_with_a_digest() -> None:
+    def named(value: str) -> str:
+        return sweep.Trial("bc", "pendulum-medium", 0, (("env_id", value),), ("env_id",)).name
+
+    long_a, long_b = named("a" * 300), named("a" * 299 + "b")
+    assert len(long_a) <= 150 and long_a.endswith("-seed0") and long_a != long_b
 
 
 def test_spec_file_grid(tmp_path: Path) -> None:
@@ -97,8 +104,12 @@ def test_spec_file_grid(tmp_path: Path) -> None:
         (["--algos", "cql", "nope"], "unknown algo 'nope'"),
         (["--algos"], "algos is an empty list"),
         (["--seeds"], "seeds is an empty list"),
-        (["--set", "no_such_option=1"], "cql has no option --no-such-option"),
-        (["--algos", "bc", "--set", "bc:cql_weight=5"], "bc has no option --cql-weight"),
+        (["--set", "no_such_option=1"], "cql has no option 'no_such_option'"),
+        (["--algos", "bc", "--set", "bc:cql_weight=5"], "bc has no option 'cql_weight'"),
+        (["--set", 'steps="many"'], "steps = 'many' is not of type int"),
+        (["--set", 'critic_hidden={"a":1}'], "critic_hidden = {'a': 1} is not of type tuple"),
+        (["--seeds", "0", "-1"], "trial 2 of 2 cannot run"),
+        (["--datasets", "pendulum-mediun"], "unknown dataset 'pendulum-mediun'"),
         (["--set", "seed=1"], "'seed' is set by the sweep"),
         (["--grid", "cql:cql_weight=[]"], "cql.grid.cql_weight is an empty list"),
         (["--grid", "cql:cql_weight=5"], "must be a list"),
@@ -117,14 +128,17 @@ def test_bad_input_ends_in_one_line(
     assert not (tmp_path / "s").exists()
 
 
-def test_a_bad_value_fails_its_trials(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Names are checked before any trial starts; values by deep.train when the trial runs.
+def test_a_bad_value_is_refused_before_any_trial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every trial's config is built and checked before the first one runs.
     args = ["--algos", "bc", "--datasets", "pendulum-medium", "--seeds", "0", "1"]
-    assert sweep.main([*args, "--set", "steps=abc", "--out", str(tmp_path), "--workers", "1"]) == 1
-    failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failed:")]
-    assert len(failed) == 2
-    assert "Error parsing --steps" in failed[0]
-    assert not (tmp_path / report.RESULTS_JSON).exists()
+    grid = ["--grid", 'steps=[5,"abc"]', "--out", str(tmp_path / "s"), "--workers", "1"]
+    assert sweep.main([*args, *grid]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: trial 3 of 4 cannot run, so none was started: trial ")
+    assert "steps = 'abc' is not of type int" in err
+    assert not (tmp_path / "s").exists()
 
 
 def test_foreign_sweep_folder_is_refused(
@@ -136,8 +150,8 @@ def test_foreign_sweep_folder_is_refused(
     assert sweep.main(sweep_args(tmp_path, "--workers", "1")) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        f"error: {tmp_path} holds files not made by deep.sweep (notes.txt, other-run/); "
-        "choose another --out"
+        f"error: deep.sweep: {tmp_path} holds files deep.sweep did not write (notes.txt, "
+        "other-run/); nothing was written there: choose a new or empty folder (--out)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "other-run"]
 
@@ -166,7 +180,12 @@ def test_without_ray(
     # One worker: in this process, no Ray.
     assert sweep.main([*args, "--out", str(tmp_path / "b"), "--workers", "1", "--reps", "50"]) == 0
     assert (tmp_path / "b" / "bc-pendulum-medium-seed0" / "summary.json").is_file()
-    assert json.loads((tmp_path / "b" / report.RESULTS_JSON).read_text())["cells"][0]["runs"] == 1
+    assert (
+        json.loads((tmp_path / "b" / report.REPORT_DIR / report.RESULTS_JSON).read_text())["cells"][
+            0
+        ]["runs"]
+        == 1
+    )
     # Run again: the finished trial is skipped, not redone.
     assert sweep.main([*args, "--out", str(tmp_path / "b"), "--workers", "1", "--reps", "50"]) == 0
     events = [e["event"] for e in sweep.read_events(tmp_path / "b")]
@@ -185,11 +204,11 @@ def test_reps_zero_is_refused_before_any_trial(
 def test_a_sweep_with_a_critic_continues_after_its_report(tmp_path: Path) -> None:
     # The report of a sweep with a critic writes values.png; running the same sweep again must
     # count every report file as the sweep's own and continue (skip the finished trial).
-    args = ["--algos", "sac", "--datasets", "pendulum-medium", "--seeds", "0", "--set", *TINY]
-    args += ["sac:critic_hidden=[32,32]", "sac:actor_hidden=[32,32]", "--workers", "1"]
+    args = ["--algos", "cql", "--datasets", "pendulum-medium", "--seeds", "0", "--set", *TINY]
+    args += ["--workers", "1"]
     args += ["--out", str(tmp_path), "--reps", "50"]
     assert sweep.main(args) == 0
-    written = {p.name for p in tmp_path.iterdir() if p.is_file()}
+    written = {p.name for p in (tmp_path / report.REPORT_DIR).iterdir()}
     assert report.VALUES_PNG in written
     assert written - {sweep.SPEC_NAME, sweep.EVENTS_NAME} <= report.REPORT_FILES
     assert sweep.main(args) == 0
@@ -201,14 +220,14 @@ def test_a_sweep_with_a_critic_continues_after_its_report(tmp_path: Path) -> Non
 
 def test_map_calls_in_this_process_and_on_ray() -> None:
     calls = [(4.0,), (-1.0,), (9.0,)]
-    assert dict(sweep.map_calls(math.sqrt, [calls[0], calls[2]])) == {0: 2.0, 1: 3.0}
+    assert dict(tasks.map_calls(math.sqrt, [calls[0], calls[2]])) == {0: 2.0, 1: 3.0}
     with pytest.raises(ValueError, match="math domain error"):
-        list(sweep.map_calls(math.sqrt, calls))  # in this process an error propagates
-    on_ray = dict(sweep.map_calls(math.sqrt, calls, workers=2))
+        list(tasks.map_calls(math.sqrt, calls))  # in this process an error propagates
+    on_ray = dict(tasks.map_calls(math.sqrt, calls, workers=2))
     assert (on_ray[0], on_ray[2]) == (2.0, 3.0)
     assert isinstance(on_ray[1], Exception) and "math domain error" in str(on_ray[1])
-    with pytest.raises(sweep.SweepError, match="must be >= 1"):
-        list(sweep.map_calls(math.sqrt, calls, workers=0))
+    with pytest.raises(tasks.PlacementError, match="must be >= 1"):
+        list(tasks.map_calls(math.sqrt, calls, workers=0))
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +241,7 @@ def ray_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_ray_sweep_and_report(ray_sweep: Path) -> None:
     names = {f"{a}-pendulum-medium-seed{s}" for a in ("cql", "bc") for s in (0, 1)}
     assert {p.parent.name for p in ray_sweep.glob("*/summary.json")} == names
-    results = json.loads((ray_sweep / report.RESULTS_JSON).read_text())
+    results = json.loads((ray_sweep / report.REPORT_DIR / report.RESULTS_JSON).read_text())
     assert len(results["runs"]) == 4
     cells = {(c["dataset"], c["algorithm"]): c for c in results["cells"]}
     assert set(cells) == {("pendulum-medium", "cql"), ("pendulum-medium", "bc")}
@@ -233,10 +252,10 @@ def test_ray_sweep_and_report(ray_sweep: Path) -> None:
         assert results["aggregates"][label]["iqm"] is not None
     assert results["q_minus_mc"]["cql"]["runs"] == 2
     assert {p["x"] for p in results["probability_of_improvement"]} == {"cql", "bc"}
-    md = (ray_sweep / report.RESULTS_MD).read_text()
+    md = (ray_sweep / report.REPORT_DIR / report.RESULTS_MD).read_text()
     assert "| pendulum-medium | cql | 2 | 0 | 2 |" in md
     for png in (report.INTERVALS_PNG, report.PROFILES_PNG, report.TRAINING_PNG):
-        assert (ray_sweep / png).is_file()
+        assert (ray_sweep / report.REPORT_DIR / png).is_file()
     events = Counter((e["trial"], e["event"]) for e in sweep.read_events(ray_sweep))
     assert events == Counter({(n, ev): 1 for n in names for ev in ("start", "done")})
     # Each trial is an ordinary run folder: nothing but deep.train's files in it.
@@ -315,8 +334,8 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path: Path, ray_sweep: Path)
     for n in names:
         # A resumed run continues its metrics: no step logged twice, none missing.
         assert _steps(out / n) == [50, 100], n
-    assert table(json.loads((out / report.RESULTS_JSON).read_text())) == table(
-        json.loads((ray_sweep / report.RESULTS_JSON).read_text())
+    assert table(json.loads((out / report.REPORT_DIR / report.RESULTS_JSON).read_text())) == table(
+        json.loads((ray_sweep / report.REPORT_DIR / report.RESULTS_JSON).read_text())
     )
 
 

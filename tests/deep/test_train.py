@@ -208,7 +208,7 @@ def test_continuous_algo_on_discrete_data_is_refused(
 def test_existing_run_is_not_overwritten(datasets: dict[str, Path], tmp_path: Path) -> None:
     config = tiny_config(datasets["pendulum"], tmp_path / "run", algo="bc", steps=2)
     train.run(config)
-    with pytest.raises(FileExistsError, match=r"deep\.train resume"):
+    with pytest.raises(train.FolderError, match=r"deep\.train resume"):
         train.run(config)
 
 
