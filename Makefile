@@ -14,7 +14,7 @@ endif
 PIP := $(BIN)/python -m pip
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test notebooks lint typecheck bench bench-peer setup clean
+.PHONY: demo test test-quick notebooks lint typecheck bench bench-peer setup clean
 
 demo: $(VENV)/.installed-base
 	$(BIN)/python -m deep.demo
@@ -28,6 +28,10 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check theory deep tests
 	$(BIN)/mypy theory deep
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
+
+# The same tests without those marked slow (notebooks that train, Ray, kill-and-resume).
+test-quick: $(VENV)/.installed-dev
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -m "not slow"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix theory deep tests notebooks

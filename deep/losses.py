@@ -29,6 +29,7 @@ __all__ = [
     "actor_loss",
     "bc_mse_loss",
     "bc_nll_loss",
+    "calibrated",
     "cql_regularizer",
     "double_dqn_target",
     "entropy_temperature_loss",
@@ -167,6 +168,15 @@ class CQLGap:
 def uniform_log_density(act_dim: int) -> float:
     """log density of the uniform distribution on [−1, 1]^d: −d log 2."""
     return -act_dim * math.log(2.0)
+
+
+def calibrated(q_actions: Tensor, returns_to_go: Tensor) -> Tensor:
+    """Cal-QL's calibration (Nakamoto et al. 2023): every Q(s_i, a_j) of ``q_actions``
+    (..., B, M), floored at row i's Monte-Carlo return-to-go ``returns_to_go`` (B,), the value
+    of the behaviour policy's own trajectory from s_i. The floor is a constant: where it is
+    above Q the pushed-down value carries no gradient, so the regulariser stops pushing a
+    critic below the behaviour policy's value; where Q is above it, Q passes unchanged."""
+    return torch.maximum(q_actions, returns_to_go.to(q_actions.dtype).unsqueeze(-1))
 
 
 def cql_regularizer(

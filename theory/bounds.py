@@ -967,6 +967,149 @@ def gap_expansion_step(
     )
 
 
+@dataclass(frozen=True, eq=False)
+class SlowPolicyStep:
+    """Theorem 3.3 at one iteration k: with a slowly changing policy, CQL(H)'s value of the
+    next policy is a lower bound of its unpenalised value.
+
+    Statement (Kumar et al. 2020, Thm 3.3). Let mu_k = pi_{Q_hat^k} ∝ exp(Q_hat^k) (the
+    maximiser of CQL(H)'s Eq. 3) and let the next policy pi^{k+1} change slowly with respect to
+    it, ``D_TV(pi^{k+1}(.|s), mu_k(.|s)) <= eps``. Then ``V_hat^{k+1}(s) <= V^{k+1}(s)`` for
+    every s in D if
+
+        E_{mu_k}[mu_k/pi_beta_hat - 1](s)  >=  eps * max_{a: pi_beta_hat(a|s) > 0} mu_k/pi_beta_hat,
+
+    where ``Q_hat^{k+1} = B_hat^{pi} Q_hat^k - alpha (mu_k/pi_beta_hat - 1)`` is the CQL update,
+    ``V_hat^{k+1}(s) = E_{pi^{k+1}}[Q_hat^{k+1}(s, .)]`` its value of the next policy and
+    ``V^{k+1}(s) = E_{pi^{k+1}}[B_hat^{pi} Q_hat^k(s, .)]`` the same backup without the penalty.
+
+    Exact form. ``V^{k+1} - V_hat^{k+1} = alpha E_{pi^{k+1}}[x - 1]`` with ``x = mu_k/pi_beta_hat``.
+    Writing ``pi^{k+1} = mu_k + d`` with ``sum d = 0`` and ``sum |d| = 2 TV``,
+    ``E_{pi^{k+1}}[x - 1] = D_CQL(mu_k) + sum d x >= D_CQL(mu_k) - TV (max x - min x)``, so the
+    premise at s, checked here with eps = TV(s) (the state's own move), gives a non-negative
+    margin; at a state where the premise fails the next policy may weight the actions mu_k
+    under-weights (x < 1) enough for ``V_hat^{k+1}(s) > V^{k+1}(s)``.
+
+    Attributes:
+        alpha: alpha_k.
+        checked: states in D, (S,) bool.
+        mu: mu_k, the softmax of Q_hat^k over the actions of D, (S, A).
+        tv: D_TV(pi^{k+1}, mu_k) per state, (S,); ``epsilon``: its max over D.
+        d_cql_mu: E_{mu_k}[x - 1] = D_CQL(mu_k, pi_beta_hat), the premise's left side, (S,).
+        premise_rhs: tv * max_a x, the premise's right side, (S,).
+        premise: the premise per state (False off D), (S,).
+        v_hat_next, v_next: V_hat^{k+1}, V^{k+1}, (S,).
+        lower_bound: ``v_hat_next <= v_next`` per state (False off D), (S,).
+    """
+
+    alpha: float
+    checked: np.ndarray
+    mu: np.ndarray
+    tv: np.ndarray
+    d_cql_mu: np.ndarray
+    premise_rhs: np.ndarray
+    premise: np.ndarray
+    v_hat_next: np.ndarray
+    v_next: np.ndarray
+    lower_bound: np.ndarray
+    margin_exact: np.ndarray
+    """alpha E_{pi^{k+1}}[x - 1] per state, (S,)."""
+
+    @property
+    def epsilon(self) -> float:
+        """The largest move of the policy over D, max_s TV(pi^{k+1}, mu_k)."""
+        return float(self.tv[self.checked].max()) if self.checked.any() else 0.0
+
+    @property
+    def premise_everywhere(self) -> bool:
+        return bool(self.premise[self.checked].all())
+
+    guarantees: ClassVar[Mapping[str, str]] = {
+        "V^{k+1} - V_hat^{k+1} = alpha E_{pi^{k+1}}[mu_k/pi_beta_hat - 1] on D": ALWAYS,
+        "premise at s implies V_hat^{k+1}(s) <= V^{k+1}(s)": ALWAYS,
+    }
+
+    @property
+    def vacuous(self) -> bool:
+        """The premise holds on no state of D (the policy moves too fast everywhere, or
+        mu_k = pi_beta_hat where D_CQL = 0 and the policy moves at all)."""
+        return not bool(self.premise[self.checked].any())
+
+    def check(self) -> None:
+        """Assert every statement of :attr:`guarantees` marked "always" (see the module doc)."""
+        tol = _round_off(self.v_hat_next, self.v_next) * (1.0 + self.alpha)
+        margin = (self.v_next - self.v_hat_next)[self.checked]
+        _require(
+            [
+                (
+                    "V^{k+1} - V_hat^{k+1} = alpha E_{pi^{k+1}}[x - 1] on D",
+                    bool(np.allclose(margin, self.margin_exact[self.checked], atol=tol, rtol=0)),
+                ),
+                (
+                    "premise at s implies V_hat^{k+1}(s) <= V^{k+1}(s)",
+                    bool(np.all(margin[self.premise[self.checked]] >= -tol)),
+                ),
+            ],
+            "Theorem 3.3",
+        )
+
+
+def slow_policy_step(
+    emp: EmpiricalMDP,
+    q_hat: np.ndarray,
+    pi: np.ndarray,
+    pi_next: np.ndarray,
+    alpha: float,
+    *,
+    temperature: float = 1.0,
+    states: Sequence[int] | None = None,
+) -> SlowPolicyStep:
+    """Theorem 3.3 for one CQL(H) update from Q_hat^k (backup policy ``pi``) and the next
+    policy ``pi_next``.
+
+    Args:
+        emp: the empirical MDP.
+        q_hat: Q_hat^k, (S, A).
+        pi: the policy of the backup B_hat^pi, (S, A).
+        pi_next: pi^{k+1}, (S, A); supported by the data on D.
+        alpha: alpha_k >= 0.
+        temperature: of mu_k ∝ exp(Q_hat^k / temperature) (the paper's is 1).
+        states: states to check (default: all of D).
+    """
+    alpha = _check_alpha(alpha)
+    S, A = emp.n_states, emp.n_actions
+    pi = validate_policy(pi, S, A, "pi")
+    pi_next = emp.check_support(pi_next, "pi_next")
+    q_hat = np.asarray(q_hat, dtype=float)
+    if q_hat.shape != (S, A) or not np.all(np.isfinite(q_hat)):
+        raise InvalidMDPError(f"q_hat must be a finite ({S}, {A}) array")
+    checked = _checked_states(emp, states)
+    mu = masked_softmax(q_hat, emp.seen, temperature)
+    mu = np.where(emp.seen_states[:, None], mu, emp.pi_beta)
+    x = np.divide(mu, emp.pi_beta, out=np.zeros_like(mu), where=emp.seen)
+    penalty = np.where(emp.seen, x - 1.0, 0.0)
+    backup = bellman(emp.mdp, q_hat, pi)
+    q_hat_next = backup - alpha * penalty
+    v_hat_next = np.sum(pi_next * q_hat_next, axis=1)
+    v_next = np.sum(pi_next * backup, axis=1)
+    tv = 0.5 * np.abs(pi_next - mu).sum(axis=1)
+    d_cql_mu = np.sum(mu * penalty, axis=1)
+    premise_rhs = tv * np.max(np.where(emp.seen, x, 0.0), axis=1)
+    return SlowPolicyStep(
+        alpha=alpha,
+        checked=checked,
+        mu=mu,
+        tv=tv,
+        d_cql_mu=d_cql_mu,
+        premise_rhs=premise_rhs,
+        premise=checked & (d_cql_mu >= premise_rhs),
+        v_hat_next=v_hat_next,
+        v_next=v_next,
+        lower_bound=checked & (v_hat_next <= v_next),
+        margin_exact=alpha * np.sum(pi_next * penalty, axis=1),
+    )
+
+
 def gap_expansion_along_control(
     emp: EmpiricalMDP,
     result: CQLControlResult,

@@ -33,7 +33,13 @@ from torch import Tensor
 from deep.algos.base import Device, Seed, check_positive
 from deep.algos.sac import CriticLoss, OfflineSAC, PolicyAt, SACConfig, SACDraws
 from deep.batch import Batch
-from deep.losses import cql_regularizer, lagrange_loss, td_loss, uniform_log_density
+from deep.losses import (
+    calibrated,
+    cql_regularizer,
+    lagrange_loss,
+    td_loss,
+    uniform_log_density,
+)
 from deep.nets import tanh_gaussian_from_noise
 
 __all__ = ["CQL", "CQLConfig", "CQLDraws"]
@@ -186,8 +192,9 @@ class CQL(OfflineSAC):
                     "calibrated (Cal-QL) needs the minibatch's returns-to-go: train with "
                     "--returns-to-go (deep.train turns it on for cal-ql)"
                 )
-            floor = batch.returns_to_go.to(q_ood.dtype)[None, :, None]
-            q_ood = torch.cat([q_ood[..., :n], torch.maximum(q_ood[..., n:], floor)], dim=-1)
+            q_ood = torch.cat(
+                [q_ood[..., :n], calibrated(q_ood[..., n:], batch.returns_to_go)], dim=-1
+            )
 
         # 3. The gap: soft maximum over the 3N actions minus Q at the dataset's action.
         if cfg.cql_estimator == "importance":

@@ -16,12 +16,14 @@ gradient to zero; its zero is the stationary point Q = B̂^π Q − α(μ/π̂_�
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
 
-from deep.losses import cql_regularizer, td_loss, td_target
-from theory.cql import cql_evaluate, cql_h_evaluate
+from deep.losses import calibrated, cql_regularizer, td_loss, td_target
+from theory.cql import behaviour_reference, cal_ql_evaluate, cql_evaluate, cql_h_evaluate
 from theory.data import EmpiricalMDP, sample_dataset
 from theory.mdp import random_mdp
 
@@ -107,3 +109,61 @@ def test_cql2_deep_regularizer_converges_to_theory(seed: int) -> None:
     got = _descend(rows, pi, alpha, "cql2")
     np.testing.assert_allclose(got, expected.q, atol=1e-4, rtol=0)
     assert np.abs(expected.q - cql_evaluate(emp, pi, 0.0, variant="cql2").q).max() > 0.05
+
+
+# ------------------------------------------------------------------------------- Cal-QL
+
+
+def _cal_ql_loss(
+    q: torch.Tensor,
+    target_table: torch.Tensor,
+    rows: dict[str, torch.Tensor],
+    pi: torch.Tensor,
+    floor: torch.Tensor,
+    alpha: float,
+) -> torch.Tensor:
+    """The deep Cal-QL critic loss on a table: the TD term towards the target computed from
+    ``target_table`` (detached), plus alpha times the CQL(2) gap whose pushed-down values are
+    floored by :func:`deep.losses.calibrated` at each row's return-to-go ``floor``."""
+    s, a, r, s2 = rows["s"], rows["a"], rows["r"], rows["s2"]
+    y = td_target(r, torch.zeros_like(r), (pi[s2] * target_table[s2]).sum(-1), GAMMA)
+    pushed = calibrated(q[s], floor)
+    reg = cql_regularizer(q[s, a], pushed, estimator="expectation", mu=pi[s])
+    return 0.5 * td_loss(q[s, a], y) + alpha * reg.gap
+
+
+def _coordinate_minimum(loss: Callable[[torch.Tensor], torch.Tensor], q: torch.Tensor) -> bool:
+    """Whether no single entry of ``q`` moved by ±h lowers ``loss`` (for a loss that is a
+    convex sum of one-entry terms, as here, that is the global minimum)."""
+    base = float(loss(q))
+    for i in range(q.numel()):
+        for h in (1e-4, -1e-4):
+            moved = q.clone()
+            moved.view(-1)[i] += h
+            if float(loss(moved)) < base - 1e-13:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cal_ql_deep_loss_has_the_tabular_fixed_point(seed: int) -> None:
+    # The Cal-QL loss is not smooth where Q meets the floor (there the fixed point holds many
+    # pairs), so gradient descent would only circle it; instead: the tabular fixed point Q*
+    # minimises the deep loss whose TD target is computed from Q* itself, i.e. it is the
+    # fixed point of the deep per-iteration update. CQL(2)'s fixed point is not.
+    emp, pi, rows = _instance(seed)
+    alpha = 1.0
+    reference = behaviour_reference(emp)
+    expected = cal_ql_evaluate(emp, pi, alpha, mu=pi, reference=reference)
+    assert expected.at_reference.any() and expected.pushed_down.any()
+    floor = torch.as_tensor(reference[rows["s"].numpy(), 0])  # V^pi_beta_hat(s) per row
+    pi_t = torch.as_tensor(pi)
+
+    def at(table: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
+        target = torch.as_tensor(table)
+        return lambda q: _cal_ql_loss(q, target, rows, pi_t, floor, alpha)
+
+    assert _coordinate_minimum(at(expected.q), torch.as_tensor(expected.q))
+    cql2 = cql_evaluate(emp, pi, alpha, mu=pi, variant="cql2").q
+    assert np.abs(cql2 - expected.q).max() > 0.5
+    assert not _coordinate_minimum(at(cql2), torch.as_tensor(cql2))

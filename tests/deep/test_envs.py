@@ -1,6 +1,6 @@
 """Environments, reference scores and evaluation (deep/envs.py).
 
-Built-in datasets and their behaviour policies are tested in test_builtin.py.
+Built-in datasets and their behaviour policies are tested in data/test_builtin.py.
 """
 
 from __future__ import annotations

@@ -100,6 +100,7 @@ def test_without_d3rlpy_our_side_runs(
     assert "other settings" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_runs_go_to_ray_as_the_sweep_places_trials(pendulum: Path, tmp_path: Path) -> None:
     args = ["--dataset", str(pendulum), "--seeds", "5", "6", "--peer", "none", *TINY]
     assert parity.main([*args, "--out", str(tmp_path / "here")]) == 0

@@ -218,6 +218,7 @@ def test_a_sweep_with_a_critic_continues_after_its_report(tmp_path: Path) -> Non
 # ------------------------------------------------------------------------------ on Ray
 
 
+@pytest.mark.slow
 def test_map_calls_in_this_process_and_on_ray() -> None:
     calls = [(4.0,), (-1.0,), (9.0,)]
     assert dict(tasks.map_calls(math.sqrt, [calls[0], calls[2]])) == {0: 2.0, 1: 3.0}
@@ -238,6 +239,7 @@ def ray_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_ray_sweep_and_report(ray_sweep: Path) -> None:
     names = {f"{a}-pendulum-medium-seed{s}" for a in ("cql", "bc") for s in (0, 1)}
     assert {p.parent.name for p in ray_sweep.glob("*/summary.json")} == names
@@ -281,6 +283,7 @@ def _steps(run_dir: Path) -> list[int]:
     return [int(float(line.split(",", 1)[0])) for line in lines]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not Path("/proc").is_dir(), reason="finds the killed sweep's processes in /proc"
 )

@@ -53,7 +53,14 @@ def test_notebooks_are_numbered_and_unique() -> None:
     assert len(set(numbers)) == len(numbers), f"two notebooks share a number: {numbers}"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+# Executing a notebook that trains deep agents takes tens of seconds to minutes.
+SLOW_NOTEBOOKS = {"07_table_to_network", "08_continuous_cql", "09_locomotion"}
+EXECUTED = [
+    pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_NOTEBOOKS else p for p in NOTEBOOKS
+]
+
+
+@pytest.mark.parametrize("path", EXECUTED, ids=_ids(NOTEBOOKS))
 def test_notebook_executes(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:

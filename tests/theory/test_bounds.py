@@ -29,6 +29,7 @@ from theory.bounds import (
     l1_deviation_constant,
     propagate_pairs,
     safe_policy_improvement,
+    slow_policy_step,
     theorem_3_1,
     theorem_3_2,
 )
@@ -613,3 +614,69 @@ def test_states_outside_d_and_unsupported_mu_are_refused() -> None:
     res = cql_control(emp, 1.0, 1)
     with pytest.raises(ValueError, match="q_true"):
         gap_expansion_along_control(emp, res, reference=mdp)
+
+
+# ------------------------------------------------------------- Theorem 3.3: a slow policy
+
+
+@settings(max_examples=200)
+@given(
+    problem=offline_problems(n_actions=st.integers(2, 4)),
+    seed=seeds,
+    move=st.one_of(st.just(0.0), st.floats(0.0, 0.05), st.floats(0.0, 1.0)),
+    alpha=st.floats(0.0, 20.0),
+    data=st.data(),
+)
+def test_theorem_3_3_slow_policy_keeps_the_lower_bound(
+    problem: OfflineProblem, seed: int, move: float, alpha: float, data: st.DataObject
+) -> None:
+    emp, S, A = problem.emp, problem.n_states, problem.n_actions
+    rng = np.random.default_rng(seed)
+    q_hat = rng.normal(scale=2.0, size=(S, A))
+    pi = data.draw(policies(S, A))
+    mu = np.where(emp.seen_states[:, None], masked_softmax(q_hat, emp.seen), emp.pi_beta)
+    # The next policy: a step of size `move` from mu_k towards another supported policy.
+    pi_next = (1.0 - move) * mu + move * data.draw(supported_policies(emp))
+    step = slow_policy_step(emp, q_hat, pi, pi_next, alpha)
+    step.check()
+    # Independently: the CQL(H) update is the CQL(2) update with mu = softmax(Q_hat^k).
+    q_hat_next = cql_iterate(emp, pi, alpha, 1, mu=mu, variant="cql2", q0=q_hat).q[1]
+    backup = bellman(emp.mdp, q_hat, pi)
+    on_d = step.checked
+    tol = 1e-9 * (1.0 + alpha) * (1.0 + np.abs(backup).max())
+    np.testing.assert_allclose(step.mu[on_d], mu[on_d], atol=1e-12)
+    v_hat, v = np.sum(pi_next * q_hat_next, axis=1), np.sum(pi_next * backup, axis=1)
+    np.testing.assert_allclose(step.v_hat_next[on_d], v_hat[on_d], atol=tol)
+    np.testing.assert_allclose(step.v_next[on_d], v[on_d], atol=tol)
+    assert np.all((v - v_hat)[step.premise] >= -tol)  # the theorem, recomputed
+    assert np.all(step.tv[on_d] <= move + 1e-12)  # TV((1 - m) mu + m nu, mu) = m TV(nu, mu)
+    if move == 0.0:  # pi^{k+1} = mu_k: D_CQL >= 0, so the premise holds on all of D
+        assert step.premise_everywhere and step.epsilon == 0.0
+
+
+def _two_action_state(q_gap: float) -> tuple[EmpiricalMDP, np.ndarray]:
+    """One state, two actions taken equally often (pi_beta_hat = 1/2, 1/2), and a Q_hat^k
+    whose softmax is mu_k = (0.6, 0.4) when q_gap = log 1.5."""
+    problem = exact_problem(np.ones((1, 2, 1), dtype=int), np.array([[1.0, 2.0]]), 0.9)
+    return problem.emp, np.array([[q_gap, 0.0]])
+
+
+def test_theorem_3_3_fails_when_the_policy_moves_too_fast() -> None:
+    emp, q_hat = _two_action_state(np.log(1.5))
+    pi = np.array([[0.5, 0.5]])
+    # x = mu/pi_beta = (1.2, 0.8), D_CQL(mu) = 0.04: the premise allows a move of
+    # TV <= 0.04 / 1.2; moving mass t from action 0 to 1 changes E[x - 1] by -0.4 t.
+    slow = slow_policy_step(emp, q_hat, pi, np.array([[0.58, 0.42]]), alpha=1.0)
+    np.testing.assert_allclose(slow.mu, [[0.6, 0.4]])
+    np.testing.assert_allclose(slow.d_cql_mu, [0.04])
+    assert slow.premise_everywhere and slow.lower_bound.all()
+    np.testing.assert_allclose(slow.v_next - slow.v_hat_next, [0.04 - 0.4 * 0.02])
+    # Beyond the premise (TV 0.05) the bound still holds here (the premise is sufficient)...
+    between = slow_policy_step(emp, q_hat, pi, np.array([[0.55, 0.45]]), alpha=1.0)
+    assert not between.premise.any() and between.lower_bound.all()
+    # ...but a policy that jumps (TV 0.6, all mass on the action mu_k under-weights) breaks it.
+    fast = slow_policy_step(emp, q_hat, pi, np.array([[0.0, 1.0]]), alpha=1.0)
+    assert not fast.premise.any() and not fast.lower_bound.any()
+    np.testing.assert_allclose(fast.v_next - fast.v_hat_next, [-0.2])
+    fast.check()  # the "always" statements still hold: the premise is simply not met
+    assert fast.vacuous and not slow.vacuous

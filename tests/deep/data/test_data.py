@@ -42,7 +42,7 @@ from deep.data import (
     validate_dataset,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # ---------------------------------------------------------------------------------------------
