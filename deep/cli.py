@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from deep.checkpoint import CheckpointError
 
@@ -35,6 +37,27 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def _sentence_warnings() -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints ``warning: <message>`` on one line (no source
+    line, no file name), once per category and message."""
+    seen: set[tuple[type[Warning], str]] = set()
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        key = (category, str(message))
+        if key not in seen:
+            seen.add(key)
+            print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+    return show
+
+
 def main_guard(
     body: Callable[[list[str]], int],
     argv: Sequence[str] | None,
@@ -43,13 +66,16 @@ def main_guard(
     """Run ``body(args)`` (``args`` = ``argv`` or ``sys.argv[1:]`` without ``--debug``) and
     turn any error into one line on stderr and an exit code (see the module docstring).
 
-    ``on_interrupt`` returns the line printed on Ctrl-C (default: "interrupted").
+    ``on_interrupt`` returns the line printed on Ctrl-C (default: "interrupted"). Warnings
+    read as sentences: ``warning: <message>``, once per cause, without a source line.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     try:
-        return body(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _sentence_warnings()
+            return body(args)
     except KeyboardInterrupt:
         print(on_interrupt() if on_interrupt is not None else "interrupted", file=sys.stderr)
         return 130

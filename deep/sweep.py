@@ -96,7 +96,7 @@ from deep.layout import (
     FolderError,
     claim,
 )
-from deep.tasks import PlacementError, ray_map, ray_session, require_ray
+from deep.tasks import PlacementError, check_address, ray_map, ray_session, require_ray
 
 SPEC_NAME = SWEEP_SPEC
 EVENTS_NAME = SWEEP_EVENTS
@@ -452,12 +452,18 @@ def check_trials(items: Sequence[Trial], root: Path) -> None:
             )
 
 
-def check_folder(root: Path, items: Sequence[Trial]) -> None:
+def check_folder(root: Path, items: Sequence[Trial], create: bool = False) -> None:
     """Refuse a sweep folder holding anything not made by a sweep, or a trial folder made
-    with other settings than its trial's now."""
+    with other settings than its trial's now; ``create``: make a new one, or say in one line
+    why it cannot be made."""
     if root.exists() and not root.is_dir():
         raise SweepError(f"{root} is a file, not a sweep folder")
     if not root.exists():
+        if create:
+            try:
+                claim(root, (), "deep.sweep")
+            except FolderError as e:
+                raise SweepError(str(e)) from None
         return
     names = {t.name: t for t in items}
     trial_dirs = {
@@ -665,10 +671,12 @@ def run_sweep(
     local = workers == 1 and address is None
     if not local:
         require_ray()
+    if address is not None:
+        check_address(address)  # seconds, not Ray's minutes of retries, and before any write
     root = Path(out)
     items = trials(spec, cpus_per_trial, "cuda" if gpus_per_trial > 0 else "cpu")
-    check_folder(root, items)
     check_trials(items, root)
+    check_folder(root, items, create=True)
 
     def say(text: str) -> None:
         if echo:

@@ -122,6 +122,10 @@ class NoEvaluationWarning(UserWarning):
     """The dataset names no environment: the run trains without evaluation."""
 
 
+class OddRequestWarning(UserWarning):
+    """A legal request that is probably not what was meant (said out loud, then done)."""
+
+
 class DatasetChangedError(ValueError):
     """A resumed run's dataset is not the one it started with."""
 
@@ -315,6 +319,14 @@ class _Run:
         self.digest = dataset_digest(dataset)
         self._check_identity(ckpt)
         self.info = dataset_info(dataset, settings.env_id)
+        if settings.batch_size > len(dataset.rewards):
+            warnings.warn(
+                f"--batch-size {settings.batch_size} is larger than the {len(dataset.rewards)} "
+                f"transitions of {self.info.name!r}: every batch draws the same transitions "
+                "several times (batches are drawn with replacement)",
+                OddRequestWarning,
+                stacklevel=2,
+            )
         # Everything checkable before training is checked here, in seconds.
         check_dataset(config, self.info)
         if self.info.env_id is None:

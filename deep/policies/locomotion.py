@@ -424,17 +424,45 @@ class Noise:
     """Evaluation seed."""
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m deep.policies.locomotion {info,noise} [options]``."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m deep.policies.locomotion {info,noise} [options]``; bad input ends in one
+    line and exit 2 (:mod:`deep.cli`)."""
+    from deep.cli import main_guard
+
+    return main_guard(_main, argv)
+
+
+def _check(cmd: Info | Noise) -> None:
+    """Every option checked before any episode runs."""
+    for env in cmd.envs:
+        if env not in ENVS:
+            raise ValueError(f"--envs: unknown env {env!r}; expected one of {', '.join(ENVS)}")
+    if isinstance(cmd, Info):
+        for level in cmd.levels:
+            if level not in LEVELS:
+                raise ValueError(
+                    f"--levels: unknown level {level!r}; expected one of {', '.join(LEVELS)}"
+                )
+        if cmd.n_transitions is not None and cmd.n_transitions < 1:
+            raise ValueError(f"--n-transitions must be >= 1, got {cmd.n_transitions}")
+        return
+    if cmd.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {cmd.episodes}")
+    bad = [s for s in cmd.sigmas if not s >= 0.0]
+    if bad:
+        raise ValueError(f"--sigmas are noise standard deviations, so >= 0; got {bad[0]}")
+
+
+def _main(argv: list[str]) -> int:
     import tyro
 
     cmd = tyro.extras.subcommand_cli_from_dict(
-        {"info": Info, "noise": Noise},
-        args=list(argv) if argv is not None else sys.argv[1:],
+        {"info": Info, "noise": Noise}, args=argv, prog="python -m deep.policies.locomotion"
     )
+    _check(cmd)
     if isinstance(cmd, Info):
         print(format_table(behaviour_table(cmd.envs, cmd.levels, cmd.n_transitions, cmd.seed)))
-        return
+        return 0
     print("| policy | σ_a | return | normalised |\n|---|---:|---:|---:|")
     for env in cmd.envs:
         for snapshot in ("medium", "expert"):
@@ -447,7 +475,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"{score.mean():.1f} ± {score.std():.1f} |",
                     flush=True,
                 )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -140,6 +140,11 @@ EXPERT_CANDIDATES = 3
 def check_out(args: TrainArgs) -> None:
     """Refuse, before any training, an ``--out`` that is a file or already holds this env's
     weights (without ``--force``): the shipped ones define every built-in locomotion dataset."""
+    for name in ("eval_every", "eval_episodes", "final_episodes"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file, not a folder; choose another --out")
     existing = [
@@ -222,8 +227,9 @@ def train(args: TrainArgs, command: str) -> dict[str, Any]:
     finally:
         env.close()
     if medium is None or medium_policy is None:
-        raise RuntimeError(
-            f"{args.env}: no evaluated iterate scored within {band} in {max_steps} steps"
+        raise ValueError(
+            f"{args.env}: no evaluated iterate scored within {band} in {max_steps} steps; "
+            "nothing was written: raise --max-steps"
         )
     finals = [
         float(evaluate(args.env, c[4], args.final_episodes, final_seed).mean()) for c in candidates

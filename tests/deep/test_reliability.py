@@ -170,12 +170,16 @@ def test_no_environment_warns_once_and_writes_null(
     anonymous = tmp_path / "anonymous.npz"
     np.savez(anonymous, **arrays)
     out = tmp_path / "run"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert train.main(tiny(anonymous, out)) == 0
-    said = [w for w in caught if issubclass(w.category, train.NoEvaluationWarning)]
-    assert len(said) == 1 and "without evaluation" in str(said[0].message)
-    printed = json.loads(capsys.readouterr().out)  # valid JSON: no bare NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # even so: one line per cause, a sentence
+        assert train.main([*tiny(anonymous, out), "--batch-size", "1000"]) == 0
+    captured = capsys.readouterr()
+    said = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert len(said) == 2, captured.err
+    assert any("names no environment: training without evaluation" in w for w in said)
+    assert any("--batch-size 1000 is larger than the 400 transitions" in w for w in said)
+    assert "_Run(" not in captured.err and ".py:" not in captured.err  # no source lines
+    printed = json.loads(captured.out)  # valid JSON: no bare NaN
     assert printed["normalized_score"] is None and printed["return_mean"] is None
     assert json.loads((out / "summary.json").read_text())["normalized_score"] is None
 
@@ -307,3 +311,45 @@ def test_two_tools_racing_for_one_folder_are_serialised(pendulum: Path, tmp_path
     # One trained; the other, held at the lock, then saw the winner's settings and refused.
     assert len(won) == 1 and len(lost) == 1, outcomes
     assert json.loads((out / "summary.json").read_text())["steps"] == won[0]
+
+
+# --------------------------------------------- the tools: one line, exit 2, before any work
+
+
+@pytest.mark.parametrize(
+    ("tool", "argv", "message"),
+    [
+        ("locomotion", ["info", "--envs", "hoper"], "unknown env 'hoper'"),
+        ("locomotion", ["info", "--levels", "mediun"], "unknown level 'mediun'"),
+        ("locomotion", ["info", "--n-transitions", "0"], "--n-transitions must be >= 1"),
+        ("locomotion", ["noise", "--sigmas", "-1"], "so >= 0; got -1.0"),
+        ("locomotion", ["noise", "--episodes", "0"], "--episodes must be >= 1"),
+        ("policies", ["hopper", "--eval-every", "0"], "--eval-every must be >= 1"),
+        ("sweep", ["--out", "/proc/x"], "cannot write to /proc/x"),
+        ("sweep", ["--out", "/dev/null/x"], "cannot write to /dev/null/x"),
+        ("sweep", ["--address", "127.0.0.1:1", "--out", "OUT"], "no Ray cluster answers"),
+    ],
+)
+def test_tools_refuse_bad_input_in_one_line(
+    tool: str,
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from deep import sweep
+    from deep.policies import locomotion
+    from deep.policies import train as policies_train
+
+    argv = [str(tmp_path / "s") if a == "OUT" else a for a in argv]
+    if tool == "sweep":
+        base = ["--algos", "bc", "--datasets", "pendulum-medium", "--seeds", "0", "--workers"]
+        main, argv = sweep.main, [*base, "1" if "--address" not in argv else "2", *argv]
+    elif tool == "locomotion":
+        main = locomotion.main
+    else:
+        main, argv = policies_train.main, [*argv, "--out", str(tmp_path / "weights")]
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert message in line
+    assert not (tmp_path / "weights").exists() and not (tmp_path / "s").exists()
