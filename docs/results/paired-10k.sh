@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fast CQL against the standard settings, paired by seed, at 10,000 updates: cql-fast with the
 # sampled and with the mean-action backup, and cql (standard), seeds 3-5 (fresh: seeds 0-2
-# chose the fast settings), one sweep per core, each niced. Running it again continues it.
+# chose the fast settings), one sweep per core, each niced; halfcheetah-medium after the two
+# hopper datasets. Running it again continues it.
 #
 #   bash docs/results/paired-10k.sh [OUT]        # OUT defaults to runs/paired-10k
 #
@@ -22,3 +23,4 @@ mkdir -p "$OUT"
 run hopper-medium-replay &
 run hopper-medium &
 wait
+run halfcheetah-medium
