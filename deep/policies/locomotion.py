@@ -57,6 +57,7 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
+from deep.cli import main_guard
 from deep.policies.ars import ARSConfig, Episode, LinearPolicy, ars, rollout
 
 #: Short names -> gymnasium ids.
@@ -427,8 +428,6 @@ class Noise:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m deep.policies.locomotion {info,noise} [options]``; bad input ends in one
     line and exit 2 (:mod:`deep.cli`)."""
-    from deep.cli import main_guard
-
     return main_guard(_main, argv)
 
 
