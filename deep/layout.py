@@ -119,6 +119,8 @@ def claim(folder: str | os.PathLike[str], own: Collection[str], tool: str) -> Pa
     if path.exists() and not path.is_dir():
         raise FolderError(f"{tool}: {path} is a file, not a folder; choose another --out")
     foreign = foreign_entries(path, own)
+    # An own name taken by a folder (a file's name, a folder in its place) cannot be written.
+    foreign += sorted(f"{n}/" for n in own if "." in n.lstrip(".") and (path / n).is_dir())
     if foreign:
         raise FolderError(
             f"{tool}: {path} holds files {tool} did not write ({_listed(foreign)}); nothing "

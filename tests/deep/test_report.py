@@ -274,6 +274,13 @@ def test_report_writes_its_own_folder_and_refuses_a_foreign_one(
     err = capsys.readouterr().err.strip()
     assert "holds files deep.report did not write (notes.txt)" in err and "\n" not in err
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    # A folder where the report's results.md would go: refused before results.json is written.
+    (runs_root / "report" / "results.md").unlink()
+    (runs_root / "report" / "results.md").mkdir()
+    (runs_root / "report" / "results.json").unlink()
+    assert report.main([str(runs_root), "--reps", "50", "--no-plots"]) == 2
+    assert "results.md/" in capsys.readouterr().err
+    assert not (runs_root / "report" / "results.json").exists()
     # Paths that cannot be written: one line, exit 2.
     for out in ("/dev/null/x", "/proc/x"):
         assert report.main([str(runs_root), "--out", out, "--reps", "50"]) == 2

@@ -308,7 +308,9 @@ def test_shipped_weights_load_as_plain_arrays() -> None:
 
 
 def test_train_without_reaching_the_medium_band_says_so(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no evaluated iterate scored within .* raise --max-steps"):
+    with pytest.raises(
+        ValueError, match=r"no evaluated iterate scored within .* raise --max-steps"
+    ):
         train(TrainArgs("hopper", max_steps=1, eval_episodes=1, out=tmp_path), "test")
     assert not list(tmp_path.iterdir())
 
