@@ -19,7 +19,7 @@ run() {
   local dataset=$1
   nice -n 10 "$PY" -m deep.sweep --algos cql-fast bc --datasets "$dataset" --seeds $SEEDS \
     --set steps="$STEPS" eval_every=20000 eval_episodes=10 \
-    --workers 1 --out "$OUT/$dataset" > "$OUT/$dataset.log" 2>&1
+    --workers 1 --out "$OUT/$dataset" >> "$OUT/$dataset.log" 2>&1
 }
 mkdir -p "$OUT"
 run hopper-medium-replay &
