@@ -217,7 +217,15 @@ def start_or_resume(config: TrainConfig[Any], tool_files: Collection[str] = ()) 
     folder's lock, so of two processes given one folder, the second finds what the first
     made and reads, resumes or refuses it. Returns the run's summary."""
     run_dir = run_folder(config)
-    run_state(config, tool_files)  # refuses a foreign folder before the lock goes in
+    try:
+        run_state(config, tool_files)  # a foreign folder is refused before the lock goes in
+    except SettingsChangedError:
+        raise
+    except FolderError:
+        # Files that appeared between the two looks of that check, with a run's config among
+        # them, are another process creating this very run: the full check waits for its lock.
+        if not (run_dir / CONFIG_NAME).exists():
+            raise
     with folder_lock(run_dir):
         state = run_state(config, tool_files)
         if state == "start":
