@@ -95,6 +95,7 @@ __all__ = [
     "mlp_pass_flops",
     "replay_seconds",
     "run_case",
+    "setting_flops",
     "tune_glibc_malloc",
 ]
 
@@ -260,6 +261,19 @@ def matmul_gflops(
 # ----------------------------------------------------------------------------------------
 # What is timed
 # ----------------------------------------------------------------------------------------
+
+
+def setting_flops(obs_dim: int, act_dim: int, setting: BenchSetting) -> int:
+    """:func:`cql_update_flops` of one update in ``setting``."""
+    agent = setting.agent
+    return cql_update_flops(
+        obs_dim,
+        act_dim,
+        agent.critic_hidden,
+        setting.batch_size,
+        agent.cql_n_actions,
+        agent.n_critics,
+    )
 
 
 def make_batches(
@@ -601,15 +615,7 @@ def run_case(
         ours_sps.append(_steps_per_second(ours, steps, device, clock))
         if theirs is not None:
             theirs_sps.append(_steps_per_second(theirs, steps, device, clock))
-    agent_config = setting.agent
-    flop = cql_update_flops(
-        obs_dim,
-        act_dim,
-        agent_config.critic_hidden,
-        setting.batch_size,
-        agent_config.cql_n_actions,
-        agent_config.n_critics,
-    )
+    flop = setting_flops(obs_dim, act_dim, setting)
     sps, rate = statistics.median(ours_sps), statistics.median(rates)
     replay = statistics.median(replays)
     record: dict[str, Any] = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
 import torch
 import tyro
+from typeguard import TypeCheckError, check_type
 
 from deep.algos import ALGORITHMS, Agent, Algorithm, check_action_kind, get_algorithm
 
@@ -171,10 +173,6 @@ def make_config(algo: str, run: RunConfig | None = None, **agent_fields: Any) ->
 def _check_value(owner: type, name: str, value: Any, where: str) -> Any:
     """``value`` for the field ``name`` of the dataclass ``owner``, lists read as tuples; a
     value of the wrong type is a ValueError naming the field, the value and the type."""
-    import typing
-
-    from typeguard import TypeCheckError, check_type
-
     hint = typing.get_type_hints(owner, include_extras=False)[name]
     value = _tuples(value)
     wrong = isinstance(value, bool) and hint in (int, float, int | None, float | None)

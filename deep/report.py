@@ -336,9 +336,10 @@ def aggregate_rows(
     probability that each algorithm improves on each other one, on their common datasets."""
     labels = sorted({lab for _, lab in cells})
     datasets = sorted({d for d, _ in cells})
+    tasks_of = {label: _tasks(cells, label, datasets) for label in labels}
     aggregates: dict[str, Any] = {}
     for label in labels:
-        tasks = _tasks(cells, label, datasets)
+        tasks = tasks_of[label]
         entry: dict[str, Any] = {
             "datasets": sorted(tasks),
             "runs": sum(len(g) for (_, lab), g in cells.items() if lab == label),
@@ -358,10 +359,10 @@ def aggregate_rows(
         for b in labels:
             if a == b:
                 continue
-            common = sorted(set(_tasks(cells, a, datasets)) & set(_tasks(cells, b, datasets)))
+            common = sorted(set(tasks_of[a]) & set(tasks_of[b]))
             est = None
             if common:
-                xa, xb = _tasks(cells, a, common), _tasks(cells, b, common)
+                xa, xb = tasks_of[a], tasks_of[b]
                 est = stats.improvement_interval(
                     [xa[d] for d in common], [xb[d] for d in common], rng, reps, confidence
                 )

@@ -89,7 +89,6 @@ from deep.layout import (
     CHECKPOINT_NAME,
     REPORT_DIR,
     REPORT_FILES,
-    SUMMARY_NAME,
     SWEEP_EVENTS,
     SWEEP_META,
     SWEEP_SPEC,
@@ -532,17 +531,9 @@ def read_events(root: str | Path) -> list[dict[str, Any]]:
     return events
 
 
-def _summary(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((run_dir / SUMMARY_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def trial_state(run_dir: Path) -> str:
     """``done`` (a readable summary.json), ``resume`` (a checkpoint, no summary) or ``fresh``."""
-    if _summary(run_dir) is not None:
+    if train.read_summary(run_dir) is not None:
         return "done"
     if (run_dir / CHECKPOINT_NAME).is_file():
         return "resume"
@@ -586,7 +577,7 @@ def _run_trial_locked(trial: Trial, root: Path) -> TrialResult:
     state = trial_state(run_dir)
     if state == "done":
         _event(root, trial.name, "skip")
-        return TrialResult(trial.name, "skipped", score=_score(_summary(run_dir)))
+        return TrialResult(trial.name, "skipped", score=_score(train.read_summary(run_dir)))
     config = trial.config(root)
     if state == "fresh":
         atomic_write_text(

@@ -111,6 +111,7 @@ __all__ = [
     "load_run_config",
     "main",
     "make_summary",
+    "read_summary",
     "run",
     "run_folder",
     "run_state",
@@ -175,12 +176,23 @@ def settings_differences(a: TrainConfig[Any], b: TrainConfig[Any]) -> list[str]:
     )
 
 
-def _finished(run_dir: Path) -> dict[str, Any] | None:
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run's ``summary.json`` as a dict; None when it is missing or unreadable."""
     try:
         summary = json.loads((run_dir / SUMMARY_NAME).read_text())
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None
+
+
+def _saved_config(run_dir: Path) -> TrainConfig[Any]:
+    """The config a run folder was made with: its ``config.json`` (written once, when the run
+    starts), else the one its checkpoint holds."""
+    saved = run_dir / CONFIG_NAME
+    if saved.exists():
+        data = json.loads(saved.read_text())
+        return config_from_dict(data["train"], data["agent"], source=str(saved))
+    return load_run_config(run_dir)[0]
 
 
 def run_state(
@@ -199,14 +211,13 @@ def run_state(
     claim(run_dir, RUN_FILES | set(tool_files) if ours else (), "deep.train")
     if not ours:
         return "start"
-    saved, _ = load_run_config(run_dir)
-    changed = settings_differences(saved, config)
+    changed = settings_differences(_saved_config(run_dir), config)
     if changed:
         raise SettingsChangedError(
             f"{run_dir} holds a run made with other settings ({', '.join(changed)} "
             "differ); choose another --out, or delete that folder to redo the run"
         )
-    return "done" if _finished(run_dir) is not None else "resume"
+    return "done" if read_summary(run_dir) is not None else "resume"
 
 
 def start_or_resume(config: TrainConfig[Any], tool_files: Collection[str] = ()) -> dict[str, Any]:
@@ -230,7 +241,7 @@ def start_or_resume(config: TrainConfig[Any], tool_files: Collection[str] = ()) 
         state = run_state(config, tool_files)
         if state == "start":
             return run(config)
-        done = _finished(run_dir)
+        done = read_summary(run_dir)
         return done if done is not None else run(str(run_dir))
 
 

@@ -71,14 +71,7 @@ def test_flop_count_is_the_work_of_a_real_update(precision: bench.Precision) -> 
     step()
     with FlopCounterMode(display=False) as counter:
         step()
-    expected = cql_update_flops(
-        obs_dim,
-        act_dim,
-        TINY.agent.critic_hidden,
-        TINY.batch_size,
-        TINY.agent.cql_n_actions,
-        TINY.agent.n_critics,
-    )
+    expected = bench.setting_flops(obs_dim, act_dim, TINY)
     assert counter.get_total_flops() == expected
 
 
@@ -91,14 +84,7 @@ def test_recorded_matmuls_are_the_counted_work_and_replay_with_their_layouts(
     step()
     with MatmulRecorder() as recorder:
         step()
-    expected = cql_update_flops(
-        obs_dim,
-        act_dim,
-        TINY.agent.critic_hidden,
-        TINY.batch_size,
-        TINY.agent.cql_n_actions,
-        TINY.agent.n_critics,
-    )
+    expected = bench.setting_flops(obs_dim, act_dim, TINY)
     assert recorder.flop == expected
     ops = {op.__name__.split(".")[0] for op, _ in recorder.calls}
     assert ops <= {"mm", "addmm", "bmm", "baddbmm"} and "mm" in ops
