@@ -60,7 +60,16 @@ class RunConfig:
     minari:<id>. Built-ins are generated on first use and cached in $CQL_COMPANION_DATA."""
 
     steps: int = 20_000
-    """Number of gradient steps (one batch each)."""
+    """Number of offline gradient steps (one batch each)."""
+
+    online_steps: int = 0
+    """Offline-to-online fine-tuning: after --steps, this many steps in the dataset's
+    environment with the agent's stochastic policy, each followed by one gradient step on a
+    batch mixing dataset and online transitions (deep.online); 0: offline only."""
+
+    online_ratio: float = 0.5
+    """Fraction of each fine-tuning batch drawn from the online transitions once an online
+    episode has finished (the rest from the dataset; Cal-QL's symmetric sampling is 0.5)."""
 
     seed: int = 0
     """Seed of network initialisation, batch sampling and evaluation episodes."""
@@ -252,6 +261,10 @@ def validate_config(config: TrainConfig[Any]) -> None:
     for name in positive:
         if getattr(run, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(run, name)}")
+    if run.online_steps < 0:
+        raise ValueError(f"--online-steps must be >= 0, got {run.online_steps}")
+    if not 0.0 <= run.online_ratio <= 1.0:
+        raise ValueError(f"--online-ratio must be in [0, 1], got {run.online_ratio}")
     ckpt = run.checkpoint_every
     if ckpt is not None and (ckpt < 1 or ckpt % run.log_every):
         raise ValueError(

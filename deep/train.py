@@ -48,6 +48,7 @@ import tyro
 from tqdm import tqdm
 
 from deep import plots
+from deep.batch import Batch
 from deep.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from deep.cli import main_guard
 from deep.config import (
@@ -89,6 +90,7 @@ from deep.layout import (
     claim,
     folder_lock,
 )
+from deep.online import Collector, OnlineBuffer, mixed_batch
 from deep.runlog import (
     MetricBuffer,
     NonFiniteError,
@@ -384,6 +386,10 @@ class _Run:
             reward_scale=self.reward_scale,
             reward_bias=self.reward_bias,
         )
+        self.online: OnlineBuffer | None = None
+        self.collector: Collector | None = None
+        if settings.online_steps:
+            self._start_online(ckpt)
 
         run_dir.mkdir(parents=True, exist_ok=True)
         self.start_step = 0
@@ -411,6 +417,56 @@ class _Run:
             run_dir, rows, settings.tensorboard, purge_step=self.start_step + 1 if ckpt else 0
         )
         self.ckpt_step: int | None = self.start_step if ckpt is not None else None
+
+    def _start_online(self, ckpt: dict[str, Any] | None) -> None:
+        """The online buffer and the environment of fine-tuning, restored from ``ckpt``."""
+        settings = self.config.run
+        if self.info.env_id is None:
+            raise ValueError(
+                f"--online-steps needs an environment to act in; dataset {self.info.name!r} "
+                "names none: pass --env-id"
+            )
+        self.online = OnlineBuffer(
+            settings.online_steps,
+            self.info.obs_dim,
+            self.info.act_dim,
+            self.info.discrete,
+            self.device,
+            returns_to_go_gamma=self.gamma if needs_returns_to_go(self.config) else None,
+            reward_scale=self.reward_scale,
+            reward_bias=self.reward_bias,
+        )
+        self.collector = Collector(
+            self.info.env_id, settings.seed, self.agent, self.normalizer, self.device
+        )
+        saved = ckpt.get("online") if ckpt is not None else None
+        if saved is not None:
+            self.online.load_state_dict(saved["buffer"])
+            self.collector.load_state_dict(saved["collector"])
+
+    def batch(self, step: int) -> Batch:
+        """The batch of ``step``: from the dataset, mixed with online data after --steps."""
+        settings = self.config.run
+        if self.online is None or step <= settings.steps:
+            return self.sampler.sample(settings.batch_size)
+        return mixed_batch(
+            self.sampler.sample,
+            self.online,
+            settings.batch_size,
+            settings.online_ratio,
+            self.generator,
+        )
+
+    def act_online(self, step: int, buffer: MetricBuffer) -> None:
+        """One environment step of fine-tuning; a finished episode goes to the buffer."""
+        if self.collector is None or step <= self.config.run.steps:
+            return
+        assert self.online is not None
+        ended = self.collector.step()
+        if ended is not None:
+            episode, episode_return = ended
+            self.online.add(episode)
+            buffer.append(step, {"online/episode_return": episode_return})
 
     def _check_identity(self, ckpt: dict[str, Any] | None) -> None:
         """Refuse to resume on other data than the run started with (its digest is in the
@@ -457,6 +513,12 @@ class _Run:
                 "rng": rng_state(),
                 "rows": [dict(r) for r in self.log.rows],
                 "train_seconds": self.train_seconds,
+                "online": None
+                if self.online is None or self.collector is None
+                else {
+                    "buffer": self.online.state_dict(),
+                    "collector": self.collector.state_dict(),
+                },
             },
         )
         self.ckpt_step = step
@@ -502,8 +564,9 @@ class _Run:
         if self.ckpt_step is None:
             self.save(0)
         buffer = MetricBuffer()
+        total = settings.steps + settings.online_steps
         bar = tqdm(
-            total=settings.steps,
+            total=total,
             initial=self.start_step,
             disable=not settings.progress,
             dynamic_ncols=True,
@@ -512,10 +575,12 @@ class _Run:
         postfix: dict[str, str] = {}
         try:
             tick = time.perf_counter()
-            for step in range(self.start_step + 1, settings.steps + 1):
-                buffer.append(step, self.agent.update(self.sampler.sample(settings.batch_size)))
+            for step in range(self.start_step + 1, total + 1):
+                self.act_online(step, buffer)
+                buffer.append(step, self.agent.update(self.batch(step)))
                 bar.update()  # cheap: tqdm redraws at most every mininterval (0.1 s)
-                last = step == settings.steps
+                # The end of the offline phase is logged, evaluated and saved like a run's end.
+                last = step in (settings.steps, total)
                 is_log = step % settings.log_every == 0 or last
                 is_eval = (step % settings.eval_every == 0 or last) and has_env
                 is_ckpt = step % ckpt_every == 0 or last
@@ -546,6 +611,8 @@ class _Run:
         finally:
             bar.close()
             self.log.close()
+            if self.collector is not None:
+                self.collector.close()
 
         summary = make_summary(self.config, self.info, self.log.rows, self.train_seconds)
         write_json(self.run_dir / SUMMARY_NAME, summary)
@@ -566,6 +633,15 @@ def make_summary(
         for k, v in (rows[-1].items() if rows else ())
         if k != "step" and not k.startswith("eval/")
     }
+    total = config.run.steps + config.run.online_steps
+    online: dict[str, Any] = {}
+    if config.run.online_steps:
+        offline = [r for r in rows if r["step"] <= config.run.steps]
+        online = {
+            "online_steps": config.run.online_steps,
+            "online_ratio": config.run.online_ratio,
+            "offline_normalized_score": last_value(offline, "eval/normalized_score"),
+        }
     return {
         "algo": config.algo,
         "dataset": info.name,
@@ -578,8 +654,9 @@ def make_summary(
         "q_estimate_mean": last_value(rows, "eval/q_estimate"),
         "mc_return_mean": last_value(rows, "eval/mc_return"),
         "eval_episodes": config.run.eval_episodes,
+        **online,
         "final_train_metrics": last_train,
-        "steps_per_second": config.run.steps / seconds if seconds > 0 else math.nan,
+        "steps_per_second": total / seconds if seconds > 0 else math.nan,
         "train_seconds": seconds,
     }
 

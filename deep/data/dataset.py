@@ -450,10 +450,17 @@ def returns_to_go(
     out = np.empty_like(rewards)
     start = 0
     for end in ends.tolist():
-        # G over one segment, backwards: lfilter computes y_t = x_t + gamma y_{t-1}.
-        seg = rewards[start : end + 1][::-1]
-        out[start : end + 1] = scipy.signal.lfilter([1.0], [1.0, -gamma], seg)[::-1]
+        out[start : end + 1] = discounted_returns(rewards[start : end + 1], gamma)
         start = end + 1
+    return out
+
+
+def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """(T,) float64: ``G_t = r_t + gamma G_{t+1}`` over one trajectory's rewards (T,), with
+    ``G_{T-1} = r_{T-1}`` (nothing bootstrapped after its end)."""
+    # Backwards: lfilter computes y_t = x_t + gamma y_{t-1}.
+    seg = np.asarray(rewards, dtype=np.float64)[::-1]
+    out: np.ndarray = scipy.signal.lfilter([1.0], [1.0, -gamma], seg)[::-1].copy()
     return out
 
 
