@@ -420,6 +420,76 @@ def value_gap_rows(
     return diagnostic
 
 
+# The share of the online phase over which a fine-tuning run's initial dip is measured.
+DIP_WINDOW = 0.1
+
+
+def fine_tuning(run: Run) -> dict[str, float] | None:
+    """A fine-tuning run's numbers (None for an offline run, or one without the evaluations):
+    ``offline``, the score at the end of pre-training; ``dip``, that score minus the lowest
+    one over the first :data:`DIP_WINDOW` of the online steps, or the first online evaluation
+    when none falls in it (> 0: the policy unlearned);
+    ``final``, the last score; ``gain``, final − offline; ``regret``, the mean over the online
+    evaluations of (100 − score) / 100 (Cal-QL's cumulative regret; 0 is expert throughout)."""
+    offline_steps, online_steps = run.settings.get("steps"), run.settings.get("online_steps")
+    if not isinstance(offline_steps, int) or not isinstance(online_steps, int) or not online_steps:
+        return None
+    steps, scores = _curve(run, SCORE_KEY)
+    at_end = scores[steps == offline_steps]
+    window = (steps > offline_steps) & (steps <= offline_steps + DIP_WINDOW * online_steps)
+    online = scores[steps > offline_steps]
+    if at_end.size == 0 or online.size == 0:
+        return None
+    if not window.any():  # evaluations sparser than the window: the first online one
+        window = steps == steps[steps > offline_steps][0]
+    offline = float(at_end[-1])
+    return {
+        "offline": offline,
+        "dip": offline - float(scores[window].min()),
+        "final": float(online[-1]),
+        "gain": float(online[-1]) - offline,
+        "regret": float(np.mean((100.0 - online) / 100.0)),
+    }
+
+
+FINE_TUNING_KEYS = ("offline", "dip", "final", "gain", "regret")
+
+
+def fine_tuning_rows(
+    cells: Mapping[tuple[str, str], Sequence[Run]],
+    rng: np.random.Generator,
+    reps: int,
+    confidence: float,
+) -> list[dict[str, Any]]:
+    """Per cell of fine-tuning runs: each of :data:`FINE_TUNING_KEYS` over seeds, as mean ±
+    std with the mean's and the IQM's CIs, and every run's values."""
+    rows: list[dict[str, Any]] = []
+    for (dataset, label), group in cells.items():
+        tuned = [(r.seed, f) for r in group if (f := fine_tuning(r)) is not None]
+        if not tuned:
+            continue
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "algorithm": label,
+            "runs": len(tuned),
+            "seeds": [seed for seed, _ in tuned],
+            "online_steps": group[0].settings.get("online_steps"),
+            "online_ratio": group[0].settings.get("online_ratio"),
+            "eval_episodes": group[0].eval_episodes,
+        }
+        for key in FINE_TUNING_KEYS:
+            x = np.array([f[key] for _, f in tuned], dtype=np.float64)
+            row[key] = {
+                "values": x.tolist(),
+                "mean": float(x.mean()),
+                "std": _std(x),
+                "mean_ci": _estimate(x, stats.mean_statistic, rng, reps, confidence),
+                "iqm": _estimate(x, stats.iqm_statistic, rng, reps, confidence),
+            }
+        rows.append(row)
+    return rows
+
+
 def summarize(
     runs: Sequence[Run], seed: int = 0, reps: int = stats.REPS, confidence: float = stats.CONFIDENCE
 ) -> dict[str, Any]:
@@ -431,6 +501,7 @@ def summarize(
     aggregates, improvement = aggregate_rows(cells, rng, reps, confidence)
     paired = paired_rows(cells, rng, reps, confidence)
     diagnostic = value_gap_rows(cells, rng, reps, confidence)
+    tuned = fine_tuning_rows(cells, rng, reps, confidence)
     return {
         "settings": {"seed": seed, "reps": reps, "confidence": confidence},
         "score": "final normalized_score of each run (100 = expert, 0 = random)",
@@ -441,6 +512,7 @@ def summarize(
         "probability_of_improvement": improvement,
         "paired": paired,
         "q_minus_mc": diagnostic,
+        "fine_tuning": tuned,
         "null_runs": [
             {"path": str(r.path), "algorithm": r.label, "dataset": r.dataset, "seed": r.seed}
             for r in runs
@@ -475,6 +547,13 @@ def _ci(est: Mapping[str, float | None] | None, digits: int = 1) -> str:
     if est is None:
         return "null"
     return f"{_num(est['point'], digits)} [{_num(est['low'], digits)}, {_num(est['high'], digits)}]"
+
+
+def _spread(est: Mapping[str, Any], digits: int) -> str:
+    """``mean ± std [low, high]`` (the mean's CI) of one fine-tuning quantity."""
+    ci = est["mean_ci"]
+    interval = f" [{_num(ci['low'], digits)}, {_num(ci['high'], digits)}]" if ci else ""
+    return f"{_num(est['mean'], digits)} ± {_num(est['std'], digits)}{interval}"
 
 
 def to_markdown(results: Mapping[str, Any]) -> str:
@@ -551,6 +630,27 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     ]
     for label, d in results["q_minus_mc"].items():
         lines.append(f"| {label} | {d['runs']} | {_ci(d['q_minus_mc'], 2)} |")
+    if results.get("fine_tuning"):
+        lines += [
+            "",
+            f"## Offline-to-online fine-tuning (over seeds: mean ± std, and the mean's {pct} CI)",
+            "",
+            f"Dip: score at the end of pre-training minus the lowest over the first "
+            f"{DIP_WINDOW:.0%} of the online steps. Regret: mean of (100 − score)/100 over the "
+            "online evaluations.",
+            "",
+            "| dataset | algorithm | runs | online steps | pre-trained | dip | final | gain "
+            "| regret |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in results["fine_tuning"]:
+            cells_text = " | ".join(
+                _spread(row[k], 2 if k == "regret" else 1) for k in FINE_TUNING_KEYS
+            )
+            lines.append(
+                f"| {row['dataset']} | {row['algorithm']} | {row['runs']} "
+                f"| {row['online_steps']} | {cells_text} |"
+            )
     if results["null_runs"]:
         lines += ["", "## Runs without a score", ""]
         lines += [

@@ -309,3 +309,37 @@ def test_one_seed_has_no_interval(tmp_path: Path) -> None:
     assert cell["score_iqm"] is None and cell["score_mean_ci"] is None
     assert results["aggregates"]["cql"]["iqm"] is None
     assert results["q_minus_mc"]["cql"]["q_minus_mc"] is None
+
+
+def test_fine_tuning_runs_get_their_dip_final_score_and_regret(tmp_path: Path) -> None:
+    # Pre-training ends at step 100; 1,000 online steps; the dip window is (100, 200].
+    curves = {
+        0: [(100, 40.0), (150, 10.0), (200, 30.0), (600, 50.0), (1100, 60.0)],
+        1: [(100, 50.0), (150, 45.0), (200, 20.0), (600, 70.0), (1100, 80.0)],
+    }
+    for seed, curve in curves.items():
+        path = tmp_path / f"cal-ql-{seed}"
+        settings = {"online_steps": 1000, "online_ratio": 0.5}
+        make_run(path, "cal-ql", "hopper-medium", seed, curve[-1][1], settings=settings)
+        with open(path / "metrics.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "eval/normalized_score"])
+            w.writerows(curve)
+    make_run(tmp_path / "offline", "cql", "hopper-medium", 0, 30.0)  # no online phase
+    runs = report.find_runs(tmp_path)
+    assert report.fine_tuning(next(r for r in runs if r.algo == "cql")) is None
+    results = report.summarize(runs, reps=200)
+    (row,) = results["fine_tuning"]
+    assert row["algorithm"] == "cal-ql" and row["seeds"] == [0, 1] and row["online_steps"] == 1000
+    assert row["offline"]["values"] == [40.0, 50.0]
+    assert row["dip"]["values"] == [30.0, 30.0]  # 40 - 10, 50 - 20
+    assert row["final"]["values"] == [60.0, 80.0]
+    assert row["gain"]["values"] == [20.0, 30.0]
+    # Regret: the mean over the four online evaluations of (100 - score) / 100.
+    assert row["regret"]["values"] == pytest.approx(
+        [(90 + 70 + 50 + 40) / 400, (55 + 80 + 30 + 20) / 400]
+    )
+    assert row["final"]["mean_ci"]["low"] <= 70.0 <= row["final"]["mean_ci"]["high"]
+    text = report.to_markdown(results)
+    assert "## Offline-to-online fine-tuning" in text
+    assert "| hopper-medium | cal-ql | 2 | 1000 | 45.0 ± 7.1 [40.0, 50.0] | 30.0 ± 0.0" in text
