@@ -901,3 +901,140 @@ def cal_ql_evaluate(
             )
         q = exact
     raise RuntimeError("cal_ql_evaluate: the active set did not settle in 100 solves")
+
+
+# ------------------------------------------------------------------ linear features
+
+
+@dataclass(frozen=True, eq=False)
+class LinearCQLEvaluation:
+    """The fixed point of CQL(1) policy evaluation with a linear critic ``Q = Φ w``.
+
+    Attributes:
+        q: Q_hat = Φ w, (S, A), on every pair (the features extrapolate to unseen ones).
+        weights: w, (k,).
+        q_td: the linear TD (LSTD) fixed point with the same features and no penalty, (S, A).
+        direction: u = Φ A^{-1} Φ^T D (μ/π_beta_hat), (S, A), so that ``q = q_td - alpha u``.
+        alpha: the penalty weight.
+    """
+
+    q: np.ndarray
+    weights: np.ndarray
+    q_td: np.ndarray
+    direction: np.ndarray
+    alpha: float
+
+    def lower_bound(self, tol: float = 1e-10) -> np.ndarray:
+        """(S, A) bool: where Q_hat <= Q_td, which, for every alpha > 0, is where u >= 0."""
+        scale = tol * (1.0 + np.abs(self.q_td).max())
+        return self.q <= self.q_td + scale
+
+
+def _pair_transitions(emp: EmpiricalMDP, pi: np.ndarray) -> np.ndarray:
+    """P^pi on state-action pairs, dense (SA, SA): ``P[s, a, s'] pi[s', a']`` (small tables)."""
+    S, A = emp.n_states, emp.n_actions
+    return np.einsum("sat,tb->satb", emp.mdp.P, pi).reshape(S * A, S * A)
+
+
+def linear_cql_evaluate(
+    emp: EmpiricalMDP,
+    pi: np.ndarray,
+    features: np.ndarray,
+    alpha: float,
+    mu: np.ndarray | None = None,
+) -> LinearCQLEvaluation:
+    """Exact fixed point of CQL(1) (Eq. 1) when the critic is linear, ``Q(s, a) = φ(s, a)ᵀ w``
+    (the linear-function variant of Theorem 3.1, the paper's appendix).
+
+    The per-iteration objective ``alpha E_{s~D, a~mu}[Q] + 1/2 E_D[(Q - B_hat^pi Q_k)^2]`` over
+    w has, with ``D = diag(n(s, a))``, the zero-gradient condition
+    ``Φᵀ D Φ w = Φᵀ D (B_hat^pi Q_k - alpha mu/pi_beta_hat)``: the tabular update projected
+    onto the features, ``Q_{k+1} = Π_D (B_hat^pi Q_k - alpha mu/pi_beta_hat)``. Its fixed
+    point solves ``A w = Φᵀ D (r_hat - alpha m)`` with ``A = Φᵀ D (Φ - gamma P^pi Φ)`` and
+    ``m = mu/pi_beta_hat``, so that
+
+        Q_hat = Q_td - alpha u,    u = Φ A^{-1} Φᵀ D m,
+
+    where Q_td is the linear TD fixed point (alpha = 0). Q_hat is below Q_td at a pair for
+    every alpha > 0 exactly where ``u >= 0``: that is the condition on Φ. For tabular
+    features (Φ = I, every pair in D), ``u = (I - gamma P_hat^pi)^{-1} m >= 0`` always, which
+    is Theorem 3.1 inside the empirical MDP; other features can make u negative somewhere,
+    and there the penalised estimate rises above Q_td, the more so the larger alpha.
+
+    Args:
+        emp: the empirical MDP of D.
+        pi: the policy evaluated, (S, A).
+        features: Φ, (S, A, k); linearly independent on the pairs of D.
+        alpha: penalty weight, >= 0.
+        mu: the penalised distribution, (S, A), supported by D; defaults to ``pi``.
+
+    Raises ValueError when Φ is not of rank k on the pairs of D, or when the projected Bellman
+    equation has no unique solution (A singular: off-policy linear TD can be ill-posed).
+    """
+    alpha = _check_alpha(alpha)
+    pi = validate_policy(pi, emp.n_states, emp.n_actions, "pi")
+    S, A = emp.n_states, emp.n_actions
+    phi = np.asarray(features, dtype=np.float64)
+    if phi.ndim != 3 or phi.shape[:2] != (S, A) or phi.shape[2] < 1:
+        raise ValueError(f"features must be (S, A, k) = ({S}, {A}, k), got {phi.shape}")
+    if not np.all(np.isfinite(phi)):
+        raise ValueError("features must be finite")
+    k = phi.shape[2]
+    flat = phi.reshape(S * A, k)
+    weight = emp.counts.reshape(S * A).astype(np.float64)
+    rank = np.linalg.matrix_rank(flat[weight > 0])
+    if rank < k:
+        raise ValueError(
+            f"the {k} features are linearly dependent on the pairs of D (rank {rank}): the "
+            "least-squares step has no unique solution; drop features or add data"
+        )
+    m = cql_penalty(emp, pi if mu is None else mu, "cql1").reshape(S * A)
+    weighted = flat.T * weight  # Φᵀ D, (k, SA)
+    a_matrix = weighted @ (flat - emp.mdp.gamma * _pair_transitions(emp, pi) @ flat)
+    if np.linalg.cond(a_matrix) > 1e12:
+        raise ValueError(
+            "the projected Bellman equation Φᵀ D (I - γ P^π) Φ w = b has no unique solution for "
+            "these features and this policy (its matrix is singular)"
+        )
+    r = emp.R.reshape(S * A)
+    w_td = np.linalg.solve(a_matrix, weighted @ r)
+    u = flat @ np.linalg.solve(a_matrix, weighted @ m)
+    w = w_td - alpha * np.linalg.solve(a_matrix, weighted @ m)
+    return LinearCQLEvaluation(
+        q=(flat @ w).reshape(S, A),
+        weights=w,
+        q_td=(flat @ w_td).reshape(S, A),
+        direction=u.reshape(S, A),
+        alpha=alpha,
+    )
+
+
+def linear_cql_iterate(
+    emp: EmpiricalMDP,
+    pi: np.ndarray,
+    features: np.ndarray,
+    alpha: float,
+    n_iters: int,
+    w0: np.ndarray | None = None,
+    mu: np.ndarray | None = None,
+) -> np.ndarray:
+    """Weights of ``n_iters`` steps of linear CQL(1), each the exact minimiser over w of the
+    per-iteration objective (a weighted least-squares fit of ``B_hat^pi Q_k - alpha m``);
+    (n_iters + 1, k), from ``w0`` (default 0). Converges to :func:`linear_cql_evaluate`'s
+    weights when the projected operator is a contraction (for instance on-policy data)."""
+    alpha = _check_alpha(alpha)
+    n_iters = _check_n_iters(n_iters)
+    pi = validate_policy(pi, emp.n_states, emp.n_actions, "pi")
+    S, A = emp.n_states, emp.n_actions
+    flat = np.asarray(features, dtype=np.float64).reshape(S * A, -1)
+    weight = emp.counts.reshape(S * A).astype(np.float64)
+    m = cql_penalty(emp, pi if mu is None else mu, "cql1").reshape(S * A)
+    gram = (flat.T * weight) @ flat
+    out = np.zeros((n_iters + 1, flat.shape[1]))
+    if w0 is not None:
+        out[0] = w0
+    for i in range(n_iters):
+        q = (flat @ out[i]).reshape(S, A)
+        target = bellman(emp.mdp, q, pi).reshape(S * A) - alpha * m
+        out[i + 1] = np.linalg.solve(gram, (flat.T * weight) @ target)
+    return out

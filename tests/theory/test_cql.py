@@ -27,6 +27,8 @@ from theory.cql import (
     cql_iterate,
     cql_objective,
     cql_penalty,
+    linear_cql_evaluate,
+    linear_cql_iterate,
 )
 from theory.data import EmpiricalMDP, sample_dataset
 from theory.mdp import (
@@ -42,6 +44,8 @@ from theory.mdp import (
 )
 from theory.strategies import (
     OfflineProblem,
+    exact_problem,
+    exact_problems,
     offline_problem,
     offline_problems,
     supported_policies,
@@ -565,3 +569,96 @@ def test_cal_ql_keeps_the_value_above_the_behaviour_value_where_cql_does_not() -
     assert np.all(cal.v[on_d] >= v_beta[on_d] - 1e-9)
     with pytest.raises(ValueError, match="reference must be"):
         cal_ql_evaluate(emp, pi, 1.0, reference=np.zeros(7))
+
+
+# --- linear features (the linear-function variant of Theorem 3.1) ---------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(problem=exact_problems(), data=st.data(), alpha=st.floats(0.0, 10.0))
+def test_linear_cql_fixed_point_is_the_projected_penalised_td_fixed_point(
+    problem: OfflineProblem, data: st.DataObject, alpha: float
+) -> None:
+    emp = problem.emp
+    pi = data.draw(supported_policies(emp))
+    n_seen = int(emp.seen.sum())
+    k = data.draw(st.integers(1, n_seen))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    phi = rng.normal(size=(emp.n_states, emp.n_actions, k))
+    try:
+        ev = linear_cql_evaluate(emp, pi, phi, alpha)
+    except ValueError as e:  # an ill-posed projected equation is refused, never solved
+        assert "no unique solution" in str(e) or "linearly dependent" in str(e)
+        return
+    flat, d = phi.reshape(-1, k), emp.counts.reshape(-1).astype(float)
+    # Zero gradient of the per-iteration objective at Q_k = Q_hat: the fit of the penalised
+    # backup of Q_hat is Q_hat itself.
+    m = cql_penalty(emp, pi).reshape(-1)
+    residual = (ev.q - bellman(emp.mdp, ev.q, pi)).reshape(-1) + alpha * m
+    scale = 1.0 + np.abs(ev.q).max() + alpha * np.abs(m).max()
+    np.testing.assert_allclose(flat.T @ (d * residual), 0.0, atol=1e-7 * scale * d.sum())
+    np.testing.assert_allclose(ev.q, ev.q_td - alpha * ev.direction, atol=1e-8 * scale)
+    # The lower bound holds exactly where the direction is nonnegative (for alpha > 0).
+    if alpha > 1e-3:
+        below = ev.q <= ev.q_td + 1e-9 * scale
+        clear = np.abs(ev.direction) > 1e-6
+        np.testing.assert_array_equal(below[clear], (ev.direction >= 0)[clear])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    problem=exact_problems(max_count=3),
+    data=st.data(),
+    alpha=st.floats(0.0, 10.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_tabular_features_give_the_tabular_fixed_point_and_theorem_3_1(
+    problem: OfflineProblem, data: st.DataObject, alpha: float, seed: int
+) -> None:
+    emp = problem.emp
+    # One-hot features of the pairs of D: u = (I - gamma P_DD)^{-1} m >= 0 on D (P_DD: the
+    # transitions between pairs of D, substochastic), 0 elsewhere. Theorem 3.1's lower bound.
+    seen = np.flatnonzero(emp.seen.reshape(-1))
+    phi = np.eye(emp.n_states * emp.n_actions)[:, seen].reshape(emp.n_states, emp.n_actions, -1)
+    pi = data.draw(supported_policies(emp))
+    ev = linear_cql_evaluate(emp, pi, phi, alpha)
+    assert np.all(ev.direction >= -1e-10) and ev.lower_bound().all()
+    np.testing.assert_array_equal(ev.direction[~emp.seen], 0.0)
+    # With every pair in D, the linear critic is the table: cql_evaluate's fixed point.
+    rng = np.random.default_rng(seed)
+    S, A = emp.n_states, emp.n_actions
+    full = exact_problem(rng.integers(1, 4, (S, A, S)), rng.uniform(0, 1, (S, A)), emp.gamma)
+    pi_full = data.draw(supported_policies(full.emp))
+    ev = linear_cql_evaluate(full.emp, pi_full, np.eye(S * A).reshape(S, A, S * A), alpha)
+    tabular = cql_evaluate(full.emp, pi_full, alpha).q
+    np.testing.assert_allclose(ev.q, tabular, atol=1e-8 * (1.0 + np.abs(tabular).max()))
+
+
+def test_linear_features_can_break_the_lower_bound() -> None:
+    # One state, two actions, each taken once (pi_beta_hat = 1/2, 1/2), evaluated at
+    # pi = mu = (1/2, 1/2), so m = mu/pi_beta_hat = (1, 1); one feature, phi = (1, -1/2).
+    # A = phi^T D (phi - gamma P^pi phi) = 1.25 - 0.125 gamma, u = phi (0.5 / A): pushing the
+    # weight down to lower Q at action 0 raises it at action 1.
+    problem = exact_problem(np.ones((1, 2, 1), dtype=int), np.array([[1.0, 0.0]]), 0.5)
+    phi = np.array([[[1.0], [-0.5]]])
+    pi = np.array([[0.5, 0.5]])
+    a = 1.25 - 0.125 * 0.5
+    for alpha in (0.1, 1.0, 10.0):
+        ev = linear_cql_evaluate(problem.emp, pi, phi, alpha)
+        np.testing.assert_allclose(ev.direction, [[0.5 / a, -0.25 / a]])
+        np.testing.assert_allclose(ev.q - ev.q_td, [[-alpha * 0.5 / a, alpha * 0.25 / a]])
+        np.testing.assert_array_equal(ev.lower_bound(), [[True, False]])  # above Q_td at a1
+        # The policy's value is still pushed down: V_hat - V_td = -alpha (0.5 - 0.25) / (2 A).
+        np.testing.assert_allclose(np.sum(pi * (ev.q - ev.q_td)), -alpha * 0.125 / a)
+    # The iteration of least-squares steps converges to the same fixed point here.
+    w = linear_cql_iterate(problem.emp, pi, phi, 1.0, 200)
+    np.testing.assert_allclose(w[-1], linear_cql_evaluate(problem.emp, pi, phi, 1.0).weights)
+
+
+def test_linear_cql_refuses_features_it_cannot_fit() -> None:
+    problem = exact_problem(np.ones((1, 2, 1), dtype=int), np.array([[1.0, 0.0]]), 0.5)
+    pi = np.array([[0.5, 0.5]])
+    with pytest.raises(ValueError, match="linearly dependent on the pairs of D"):
+        linear_cql_evaluate(problem.emp, pi, np.ones((1, 2, 2)), 1.0)
+    with pytest.raises(ValueError, match=r"features must be \(S, A, k\)"):
+        linear_cql_evaluate(problem.emp, pi, np.ones((2, 2, 1)), 1.0)
