@@ -439,3 +439,52 @@ assert margin[-1] < 0  # a policy that jumps is no longer lower-bounded
 print(
     f"premise up to TV {moves[premise].max():.2f}; bound lost past TV {moves[margin < 0].min():.2f}"
 )
+
+# %% [markdown]
+# ## Theorem 3.1 with linear features: the condition on $\Phi$
+#
+# With a linear critic $Q = \Phi w$ the CQL(1) step becomes a weighted least-squares fit,
+# $Q_{k+1} = \Pi_D(\hat{\mathcal B}^\pi Q_k - \alpha\,\mu/\hat\pi_\beta)$, where $\Pi_D$ projects
+# onto the span of the features with the data's weights $n(s, a)$. Its fixed point is the
+# linear TD fixed point minus a fixed direction:
+# $\hat Q = Q_{TD} - \alpha u$, $u = \Phi A^{-1}\Phi^\top D\,(\mu/\hat\pi_\beta)$,
+# $A = \Phi^\top D(\Phi - \gamma P^\pi\Phi)$ (`theory.cql.linear_cql_evaluate`). The estimate
+# is below $Q_{TD}$ at a pair, for every $\alpha > 0$, exactly where $u \ge 0$. One-hot
+# features give $u = (I - \gamma \hat P^\pi)^{-1}\mu/\hat\pi_\beta \ge 0$: the tabular theorem.
+# Shared features need not. Below, one state, two actions taken once each, and one feature
+# $\phi = (1, -\tfrac12)$: lowering $w$ to push $Q(a_0)$ down raises $Q(a_1)$.
+
+# %%
+from theory.cql import linear_cql_evaluate
+
+pair = exact_problem(np.ones((1, 2, 1), dtype=int), np.array([[1.0, 0.0]]), 0.5).emp
+uniform = np.array([[0.5, 0.5]])
+alphas = np.linspace(0.0, 5.0, 11)
+shared = [linear_cql_evaluate(pair, uniform, np.array([[[1.0], [-0.5]]]), a) for a in alphas]
+one_hot = [linear_cql_evaluate(pair, uniform, np.eye(2).reshape(1, 2, 2), a) for a in alphas]
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+for ax, runs, title in (
+    (axes[0], one_hot, "one-hot features"),
+    (axes[1], shared, r"$\phi = (1, -1/2)$"),
+):
+    for a in range(2):
+        ax.plot(
+            alphas,
+            [r.q[0, a] - r.q_td[0, a] for r in runs],
+            label=rf"$\hat Q - Q_{{TD}}$ at $a_{a}$",
+        )
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_title(title)
+    ax.set_xlabel(r"$\alpha$")
+axes[0].legend()
+plt.show()
+print("u, one-hot:", one_hot[1].direction.round(3), " u, shared:", shared[1].direction.round(3))
+assert all(r.lower_bound().all() for r in one_hot)
+assert not any(r.lower_bound()[0, 1] for r in shared[1:])  # above Q_TD at a1 for alpha > 0
+assert all(np.sum(uniform * (r.q - r.q_td)) <= 1e-12 for r in shared)  # V is still pushed down
+
+# %% [markdown]
+# **What to notice:** with one-hot features both actions go down linearly in $\alpha$; with
+# the shared feature the estimate at $a_1$ goes *up*, however large $\alpha$ is. The policy's
+# value is still pushed down here (the mean of $u$ under $\pi$ is positive), but the pointwise
+# guarantee of Theorem 3.1 needs the condition $u \ge 0$ on the features.
