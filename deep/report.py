@@ -434,7 +434,7 @@ def fine_tuning(run: Run) -> dict[str, float] | None:
     offline_steps, online_steps = run.settings.get("steps"), run.settings.get("online_steps")
     if not isinstance(offline_steps, int) or not isinstance(online_steps, int) or not online_steps:
         return None
-    steps, scores = _curve(run, SCORE_KEY)
+    steps, scores = run_curve(run, SCORE_KEY)
     at_end = scores[steps == offline_steps]
     window = (steps > offline_steps) & (steps <= offline_steps + DIP_WINDOW * online_steps)
     online = scores[steps > offline_steps]
@@ -720,7 +720,8 @@ def _plot_profiles(runs: Sequence[Run], results: Mapping[str, Any], out: Path) -
     return out
 
 
-def _curve(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
+def run_curve(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """A run's logged ``key`` over its steps, where it is finite: (steps, values)."""
     path = run.path / METRICS_NAME
     if not path.exists():
         return np.zeros(0), np.zeros(0)
@@ -748,7 +749,7 @@ def training_curves(
     rng = np.random.default_rng(seed)
     out = {}
     for cell, group in _cells(runs).items():
-        curves = [_curve(r, key) for r in group]
+        curves = [run_curve(r, key) for r in group]
         steps = np.unique(np.concatenate([s for s, _ in curves])) if curves else np.zeros(0)
         rows: dict[str, list[float]] = {k: [] for k in ("step", "mean", "low", "high", "runs")}
         for step in steps:
