@@ -19,6 +19,11 @@ algorithm's own config (:mod:`deep.config`). A run directory (``--out``) holds:
   ``eval/q_estimate`` next to ``eval/mc_return``);
 - ``tb/``: TensorBoard event files; ``learning_curves.png``; ``summary.json`` at the end.
 
+Offline-to-online fine-tuning (``--online-steps N``): after ``--steps`` offline updates the
+loop goes on for N more, each preceded by one environment step of the agent's stochastic
+policy and fed a batch that mixes the dataset with the online transitions (:mod:`deep.online`);
+the end of the offline phase is logged, evaluated and checkpointed like the end of a run.
+
 Determinism and resume: every source of randomness is seeded from ``--seed`` and saved in the
 checkpoint: the agent's own generators (initialisation, training draws, acting; part of its
 ``state_dict``), the batch sampler's ``torch.Generator``, and, although nothing here draws from
