@@ -67,11 +67,8 @@ class OnlineBuffer:
         reward_bias: float = 0.0,
     ) -> None:
         self.capacity, self.device = capacity, device
-        self.gamma, self.reward_scale, self.reward_bias = (
-            returns_to_go_gamma,
-            reward_scale,
-            reward_bias,
-        )
+        self.gamma = returns_to_go_gamma
+        self.reward_scale, self.reward_bias = reward_scale, reward_bias
 
         def zeros(*shape: int) -> torch.Tensor:
             return torch.zeros(shape, dtype=torch.float32, device=device)
@@ -189,10 +186,18 @@ class Collector:
         self.pending: dict[str, list[Any]] = {k: [] for k in ("act", "rew", "next_obs", "term")}
         self.first_obs = self.obs
 
-    def _env_step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+    def _take(self, action: np.ndarray) -> tuple[bool, bool]:
+        """Step the environment with ``action`` and record the transition in the episode."""
         env_action = int(action) if self.discrete else np.clip(action, self.low, self.high)
         obs, reward, terminated, truncated, _ = self.env.step(env_action)
-        return self._see(obs), float(reward), bool(terminated), bool(truncated)
+        self.obs = self._see(obs)
+        for key, value in zip(
+            ("act", "rew", "next_obs", "term"),
+            (action, float(reward), self.obs, bool(terminated)),
+            strict=True,
+        ):
+            self.pending[key].append(value)
+        return bool(terminated), bool(truncated)
 
     def step(self) -> tuple[dict[str, np.ndarray], float] | None:
         with torch.no_grad():
@@ -200,12 +205,7 @@ class Collector:
             action = self.agent.act(x, deterministic=False).cpu().numpy()
         if self.discrete:
             action = action.astype(np.int64)
-        next_obs, reward, terminated, truncated = self._env_step(action)
-        for key, value in zip(
-            ("act", "rew", "next_obs", "term"), (action, reward, next_obs, terminated), strict=True
-        ):
-            self.pending[key].append(value)
-        self.obs = next_obs
+        terminated, truncated = self._take(action)
         if not (terminated or truncated):
             return None
         episode = self._episode()
@@ -236,23 +236,16 @@ class Collector:
         self.episode = int(state["episode"])
         self._reset()
         for t in range(int(state["steps"])):
-            action = state["act"][t].numpy()
-            next_obs, reward, terminated, truncated = self._env_step(action)
+            terminated, truncated = self._take(state["act"][t].numpy())
+            reward = self.pending["rew"][-1]
             saved = state["next_obs"][t].numpy()
-            if not np.array_equal(next_obs, saved) or reward != float(state["rew"][t]):
+            if not np.array_equal(self.obs, saved) or reward != float(state["rew"][t]):
                 raise ReplayError(
                     f"cannot resume the online phase: {self.env_id}, reset with the saved seed "
                     f"and given the saved actions, reached another state at step {t} of episode "
                     f"{self.episode} (the environment is not deterministic, or another version "
                     "of it is installed); the run can only be restarted in a new folder"
                 )
-            for key, value in zip(
-                ("act", "rew", "next_obs", "term"),
-                (action, reward, next_obs, terminated),
-                strict=True,
-            ):
-                self.pending[key].append(value)
-            self.obs = next_obs
             if terminated or truncated:  # the episode ended at the stop: not a stop mid-episode
                 raise ReplayError(f"saved online episode {self.episode} ended before its end")
 

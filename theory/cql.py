@@ -998,8 +998,9 @@ def linear_cql_evaluate(
         )
     r = emp.R.reshape(S * A)
     w_td = np.linalg.solve(a_matrix, weighted @ r)
-    u = flat @ np.linalg.solve(a_matrix, weighted @ m)
-    w = w_td - alpha * np.linalg.solve(a_matrix, weighted @ m)
+    w_u = np.linalg.solve(a_matrix, weighted @ m)  # u = Φ w_u
+    u = flat @ w_u
+    w = w_td - alpha * w_u
     return LinearCQLEvaluation(
         q=(flat @ w).reshape(S, A),
         weights=w,
@@ -1029,12 +1030,13 @@ def linear_cql_iterate(
     flat = np.asarray(features, dtype=np.float64).reshape(S * A, -1)
     weight = emp.counts.reshape(S * A).astype(np.float64)
     m = cql_penalty(emp, pi if mu is None else mu, "cql1").reshape(S * A)
-    gram = (flat.T * weight) @ flat
+    weighted = flat.T * weight  # Φᵀ D
+    gram = weighted @ flat
     out = np.zeros((n_iters + 1, flat.shape[1]))
     if w0 is not None:
         out[0] = w0
     for i in range(n_iters):
         q = (flat @ out[i]).reshape(S, A)
         target = bellman(emp.mdp, q, pi).reshape(S * A) - alpha * m
-        out[i + 1] = np.linalg.solve(gram, (flat.T * weight) @ target)
+        out[i + 1] = np.linalg.solve(gram, weighted @ target)
     return out

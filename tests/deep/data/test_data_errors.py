@@ -27,6 +27,7 @@ from deep.data import (
     save_npz,
 )
 from deep.files import atomic_write
+from tests.deep.data.test_data import write_h5
 
 TINY_TRAIN = (
     "bc --hidden 8 --steps 2 --batch-size 16 --log-every 2 --eval-every 2 --eval-episodes 1 "
@@ -46,15 +47,6 @@ def d4rl_arrays(n: int = 40, *, timeouts: bool = True, scale: float = 1.0) -> di
     if timeouts:
         arrays["timeouts"] = np.arange(n) % 20 == 19
     return arrays
-
-
-def write_h5(path: Path, arrays: dict[str, np.ndarray], **attrs: object) -> Path:
-    with h5py.File(path, "w") as f:
-        for key, value in arrays.items():
-            f.create_dataset(key, data=value)
-        for key, attr in attrs.items():
-            f.attrs[key] = attr
-    return path
 
 
 def truncate(path: Path, keep: float = 0.5) -> Path:
