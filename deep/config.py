@@ -71,6 +71,12 @@ class RunConfig:
     """Fraction of each fine-tuning batch drawn from the online transitions once an online
     episode has finished (the rest from the dataset; Cal-QL's symmetric sampling is 0.5)."""
 
+    time_limit: float | None = None
+    """Stop after this many minutes of training (evaluations not counted), at the first log
+    step past it, which is evaluated, checkpointed and summarised like a run's end; the
+    summary says how many steps were done. Where such a run stops depends on the machine's
+    speed; default: no limit."""
+
     seed: int = 0
     """Seed of network initialisation, batch sampling and evaluation episodes."""
 
@@ -265,6 +271,8 @@ def validate_config(config: TrainConfig[Any]) -> None:
         raise ValueError(f"--online-steps must be >= 0, got {run.online_steps}")
     if not 0.0 <= run.online_ratio <= 1.0:
         raise ValueError(f"--online-ratio must be in [0, 1], got {run.online_ratio}")
+    if run.time_limit is not None and not run.time_limit > 0:
+        raise ValueError(f"--time-limit is in minutes and must be > 0, got {run.time_limit}")
     ckpt = run.checkpoint_every
     if ckpt is not None and (ckpt < 1 or ckpt % run.log_every):
         raise ValueError(

@@ -126,15 +126,17 @@ from deep.demo import DemoConfig
 from deep.evaluate import evaluate_checkpoint
 from deep.evaluation import critic_units_return, eval_seed
 from deep.files import atomic_write_text
-from deep.layout import PARITY_RESULT, PARITY_SIDES, RESULTS_JSON, RESULTS_MD, claim
+from deep.layout import PARITY_RESULT, PARITY_SIDES, RESULTS_JSON, RESULTS_MD, FolderError, claim
 from deep.peer import INSTALL_HINT, d3rlpy_config, d3rlpy_dataset, import_d3rlpy
 from deep.runlog import write_json
 from deep.tasks import map_calls
 from deep.train import run_state, start_or_resume
 
 __all__ = [
+    "CURVE_NAME",
     "INSTALL_HINT",
     "SIDES",
+    "FolderError",
     "ParityConfig",
     "compare",
     "d3rlpy_config",
@@ -145,6 +147,7 @@ __all__ = [
     "results_markdown",
     "settings_dict",
     "train_d3rlpy",
+    "train_d3rlpy_timed",
     "train_ours",
 ]
 
@@ -448,6 +451,103 @@ def train_d3rlpy(
         "settings": settings,
     }
     write_json(folder / RESULT_NAME, record)
+    return record
+
+
+CURVE_NAME = "curve.json"
+
+
+def train_d3rlpy_timed(
+    agent: CQLConfig,
+    dataset_spec: str,
+    seed: int,
+    folder: Path,
+    *,
+    minutes: float,
+    eval_every: int,
+    eval_episodes: int,
+    batch_size: int = 256,
+    normalize_obs: bool = True,
+) -> dict[str, Any]:
+    """d3rlpy's CQL with ``agent``'s settings (:func:`d3rlpy_config`) trained for ``minutes``
+    of training time on one thread, evaluated every ``eval_every`` updates on the episodes
+    our runs use at that step (``eval_seed(seed, step)``); evaluations are not timed, as in
+    our runs' ``eval_clock``. ``folder/curve.json`` holds the curve so far after every
+    evaluation (a stopped run restarts: d3rlpy saves no optimiser state mid-run) and
+    ``"finished": true`` at the end; a finished curve with the same settings is read back."""
+    settings = {
+        "agent": dataclasses.asdict(agent),
+        "dataset": dataset_spec,
+        "minutes": minutes,
+        "eval_every": eval_every,
+        "eval_episodes": eval_episodes,
+        "batch_size": batch_size,
+        "normalize_obs": normalize_obs,
+    }
+    settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
+    claim(folder, {CURVE_NAME}, "deep.parity")
+    path = folder / CURVE_NAME
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("settings") != settings:
+            raise ValueError(
+                f"{path} was made with other settings; choose another folder, or delete it "
+                "to redo the run"
+            )
+        if saved.get("finished"):
+            return dict(saved)
+    d3rlpy = import_d3rlpy()
+    from d3rlpy.logging import NoopAdapterFactory
+
+    _quiet_d3rlpy()
+    dataset = load_dataset(dataset_spec)
+    normalizer = ObservationNormalizer.from_dataset(dataset) if normalize_obs else None
+    config = d3rlpy_config(agent, batch_size, dataset.act_dim, normalizer)
+    env_id = envs.resolve_env_id(dataset.env_id or dataset.name)
+    record: dict[str, Any] = {
+        "implementation": "d3rlpy",
+        "seed": seed,
+        "settings": settings,
+        "curve": [],
+        "finished": False,
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        d3rlpy.seed(seed)
+        algo = config.create(device="cpu:0")
+        budget, seconds, step = 60.0 * minutes, 0.0, 0
+        fitter = algo.fitter(
+            d3rlpy_dataset(dataset),
+            n_steps=10**9,
+            n_steps_per_epoch=eval_every,
+            logger_adapter=NoopAdapterFactory(),
+            show_progress=False,
+            save_interval=10**9,
+            experiment_name=f"timed-seed{seed}",
+        )
+        tick = time.perf_counter()
+        for epoch, _ in fitter:
+            seconds += time.perf_counter() - tick
+            step = epoch * eval_every
+
+            def policy(obs: np.ndarray) -> np.ndarray:
+                action: np.ndarray = algo.predict(obs)
+                return action
+
+            result = envs.evaluate(
+                policy, env_id, eval_episodes, eval_seed(seed, step), agent.gamma
+            )
+            q = _d3rlpy_q(algo, result.start_observations)
+            point = {"step": step, "train_seconds": seconds}
+            record["curve"].append({**point, **_evaluation_metrics(result, dataset.name, q)})
+            record["finished"] = seconds >= budget
+            write_json(path, record)
+            if record["finished"]:
+                break
+            tick = time.perf_counter()
+    finally:
+        torch.set_num_threads(threads)
     return record
 
 

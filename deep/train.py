@@ -399,6 +399,9 @@ class _Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.start_step = 0
         self.train_seconds = 0.0
+        # (step, training seconds so far) at every evaluation: the run's clock, kept out of
+        # metrics.csv so that a resumed run's metrics equal an uninterrupted one's.
+        self.eval_clock: list[tuple[int, float]] = []
         rows: list[dict[str, float]] = []
         if ckpt is None:
             write_json(
@@ -417,6 +420,7 @@ class _Run:
             set_rng_state(ckpt["rng"])
             self.start_step = int(ckpt["step"])
             self.train_seconds = float(ckpt["train_seconds"])
+            self.eval_clock = [(int(a), float(b)) for a, b in ckpt.get("eval_clock", ())]
             rows = list(ckpt["rows"])
         self.log = RunLog(
             run_dir, rows, settings.tensorboard, purge_step=self.start_step + 1 if ckpt else 0
@@ -518,6 +522,7 @@ class _Run:
                 "rng": rng_state(),
                 "rows": [dict(r) for r in self.log.rows],
                 "train_seconds": self.train_seconds,
+                "eval_clock": [list(x) for x in self.eval_clock],
                 "online": None
                 if self.online is None or self.collector is None
                 else {
@@ -570,6 +575,8 @@ class _Run:
             self.save(0)
         buffer = MetricBuffer()
         total = settings.steps + settings.online_steps
+        limit = math.inf if settings.time_limit is None else 60.0 * settings.time_limit
+        out_of_time = False
         bar = tqdm(
             total=total,
             initial=self.start_step,
@@ -587,6 +594,8 @@ class _Run:
                 # The end of the offline phase is logged, evaluated and saved like a run's end.
                 last = step in (settings.steps, total)
                 is_log = step % settings.log_every == 0 or last
+                if is_log and self.train_seconds + time.perf_counter() - tick >= limit:
+                    out_of_time = last = True
                 is_eval = (step % settings.eval_every == 0 or last) and has_env
                 is_ckpt = step % ckpt_every == 0 or last
                 if not (is_log or is_eval or is_ckpt):
@@ -602,6 +611,7 @@ class _Run:
                 if is_eval:
                     result = self.evaluate(step)
                     self.log.record(step, result)
+                    self.eval_clock.append((step, self.train_seconds))
                     postfix["score"] = f"{result['eval/normalized_score']:.1f}"
                     q, mc = result["eval/q_estimate"], result["eval/mc_return"]
                     postfix["Q/MC"] = f"{q:.3g}/{mc:.3g}"
@@ -612,6 +622,8 @@ class _Run:
                 if self.log.writer is not None and self.train_seconds > 0:
                     rate = step / self.train_seconds
                     self.log.writer.add_scalar("perf/steps_per_second", rate, step)
+                if out_of_time:
+                    break
                 tick = time.perf_counter()
         finally:
             bar.close()
@@ -619,7 +631,9 @@ class _Run:
             if self.collector is not None:
                 self.collector.close()
 
-        summary = make_summary(self.config, self.info, self.log.rows, self.train_seconds)
+        summary = make_summary(
+            self.config, self.info, self.log.rows, self.train_seconds, self.eval_clock
+        )
         write_json(self.run_dir / SUMMARY_NAME, summary)
         if settings.plots:
             plots.plot_run(self.run_dir)
@@ -631,14 +645,17 @@ def make_summary(
     info: DatasetInfo,
     rows: Sequence[Mapping[str, float]],
     seconds: float,
+    eval_clock: Sequence[tuple[int, float]] = (),
 ) -> dict[str, Any]:
-    """Final numbers of a run: the last evaluation, the last training metrics, throughput."""
+    """Final numbers of a run: the last evaluation, the last training metrics, throughput,
+    and the training seconds at every evaluation (``eval_clock``: [step, seconds] pairs)."""
     last_train = {
         k: v
         for k, v in (rows[-1].items() if rows else ())
         if k != "step" and not k.startswith("eval/")
     }
     total = config.run.steps + config.run.online_steps
+    done = int(rows[-1]["step"]) if rows else 0
     online: dict[str, Any] = {}
     if config.run.online_steps:
         offline = [r for r in rows if r["step"] <= config.run.steps]
@@ -661,8 +678,11 @@ def make_summary(
         "eval_episodes": config.run.eval_episodes,
         **online,
         "final_train_metrics": last_train,
-        "steps_per_second": total / seconds if seconds > 0 else math.nan,
+        "steps_done": done,
+        "stopped_by_time_limit": done < total,
+        "steps_per_second": done / seconds if seconds > 0 else math.nan,
         "train_seconds": seconds,
+        "eval_clock": [[step, t] for step, t in eval_clock],
     }
 
 

@@ -142,7 +142,7 @@ def test_a_run_stopped_in_an_online_episode_resumes_to_the_same_numbers(
     assert saved["step"] == 330 and saved["online"]["collector"]["steps"] == 80
     monkeypatch.setattr(online.Collector, "step", real_step)
     resumed = train.run(stopped)
-    timing = {"steps_per_second", "train_seconds"}
+    timing = {"steps_per_second", "train_seconds", "eval_clock"}
     assert {k: v for k, v in resumed.items() if k not in timing} == {
         k: v for k, v in reference.items() if k not in timing
     }

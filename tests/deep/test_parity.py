@@ -9,6 +9,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -172,3 +173,31 @@ def test_both_sides_tiny(pendulum: Path, tmp_path: Path) -> None:
         assert a["eval_seed"] == b["eval_seed"] and a["episodes"] == b["episodes"] == 2
         assert (out / "d3rlpy" / f"seed{seed}" / "model.d3").exists()
     assert "Difference of means (ours − d3rlpy)" in (out / "results.md").read_text()
+
+
+def test_d3rlpy_timed_curve_is_kept_and_read_back(
+    pendulum: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("d3rlpy")
+    agent = CQLConfig(actor_hidden=(8, 8), critic_hidden=(8, 8), cql_n_actions=2)
+    folder = tmp_path / "timed"
+    kw: dict[str, Any] = {"eval_every": 5, "eval_episodes": 1, "batch_size": 16}
+    record = parity.train_d3rlpy_timed(agent, str(pendulum), 3, folder, minutes=1e-9, **kw)
+    # Past the budget after the first evaluation: one point, at 5 updates, timed.
+    assert record["finished"] is True and [p["step"] for p in record["curve"]] == [5]
+    point = record["curve"][0]
+    assert point["train_seconds"] > 0 and np.isfinite(point["normalized_score"])
+    assert json.loads((folder / parity.CURVE_NAME).read_text()) == record
+    # A finished curve is read back without training (d3rlpy is not even imported) ...
+    monkeypatch.setattr(parity, "import_d3rlpy", lambda: pytest.fail("trained again"))
+    again = parity.train_d3rlpy_timed(agent, str(pendulum), 3, folder, minutes=1e-9, **kw)
+    assert again == record
+    # ... one made with other settings is refused, and a foreign folder is left alone.
+    with pytest.raises(ValueError, match="other settings"):
+        parity.train_d3rlpy_timed(agent, str(pendulum), 3, folder, minutes=2.0, **kw)
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(parity.FolderError, match="did not write"):
+        parity.train_d3rlpy_timed(agent, str(pendulum), 3, foreign, minutes=1.0, **kw)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]

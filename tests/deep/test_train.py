@@ -160,6 +160,7 @@ def test_console_entry_writes_tensorboard_and_plots(
         ({"algo": "bc", "returns_to_go": True}, "--returns-to-go discounts with the agent's"),
         ({"checkpoint_every": 3}, "multiple of --log-every"),
         ({"steps": 0}, "--steps must be >= 1"),
+        ({"time_limit": 0.0}, "--time-limit is in minutes and must be > 0"),
         ({"algo": "discrete-cql"}, "is for discrete actions"),
     ],
 )
@@ -191,6 +192,33 @@ def test_returns_to_go_reach_the_agent_with_its_gamma(
     seen.clear()
     train.run(tiny_config(datasets["pendulum"], tmp_path / "calql", algo="cal-ql"))
     assert seen and all(g is not None for g in seen)  # Cal-QL turns them on itself
+
+
+def test_a_time_limit_ends_the_run_at_a_log_step_like_its_end(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    timed = tmp_path / "timed"
+    summary = train.run(tiny_config(datasets["pendulum"], timed, time_limit=1e-9))
+    # Past the limit at the first log step: evaluated, checkpointed and summarised there.
+    assert summary["steps_done"] == 2 and summary["stopped_by_time_limit"] is True
+    assert summary["steps"] == 6
+    rows = read_rows(timed / "metrics.csv")
+    assert [int(r["step"]) for r in rows if r.get("eval/normalized_score")] == [2]
+    assert torch.load(timed / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert summary["eval_clock"] == [[2, summary["train_seconds"]]]
+    # A finished run is read back, not continued.
+    assert train.start_or_resume(tiny_config(datasets["pendulum"], timed, time_limit=1e-9)) == (
+        json.loads((timed / "summary.json").read_text())
+    )
+    # A limit never reached computes what no limit does; the clock has every evaluation.
+    free, far = tmp_path / "free", tmp_path / "far"
+    untimed = train.run(tiny_config(datasets["pendulum"], free, eval_every=2))
+    train.run(tiny_config(datasets["pendulum"], far, eval_every=2, time_limit=1e6))
+    assert (free / "metrics.csv").read_text() == (far / "metrics.csv").read_text()
+    assert untimed["steps_done"] == 6 and untimed["stopped_by_time_limit"] is False
+    assert [step for step, _ in untimed["eval_clock"]] == [2, 4, 6]
+    seconds = [t for _, t in untimed["eval_clock"]]
+    assert seconds == sorted(seconds) and seconds[-1] == untimed["train_seconds"]
 
 
 def test_continuous_algo_on_discrete_data_is_refused(
@@ -526,12 +554,14 @@ def test_sigkill_then_resume_matches_uninterrupted_run(
     steps_logged = [int(r["step"]) for r in read_rows(killed / "metrics.csv")]
     assert steps_logged == list(range(10, steps + 1, 10))
     # ... and the same summary, apart from wall-clock throughput.
-    timing = {"steps_per_second", "train_seconds"}
+    timing = {"steps_per_second", "train_seconds", "eval_clock"}
     a = json.loads((killed / "summary.json").read_text())
     b = json.loads((reference / "summary.json").read_text())
     assert {k: v for k, v in a.items() if k not in timing} == {
         k: v for k, v in b.items() if k not in timing
     }
+    # The clock of every evaluation survives the kill (it is in the checkpoint).
+    assert [step for step, _ in a["eval_clock"]] == list(range(50, steps + 1, 50))
     # The final weights agree too.
     wa = ckpt_mod.load_checkpoint(killed)["agent"]["critic"]
     wb = ckpt_mod.load_checkpoint(reference)["agent"]["critic"]
