@@ -1,7 +1,7 @@
 """How fast is one CQL update, next to this machine's matmul rate and next to d3rlpy?
 
-``python -m deep.bench [--peer d3rlpy] [--precision fp32|bf16] [--device cpu|cuda] [--compile]
-[--threads T] [--clock wall|cpu] [--malloc default|tuned]``
+``python -m deep.bench [--peer d3rlpy] [--precision fp32|bf16|bf16-td32] [--device cpu|cuda]
+[--compile] [--threads T] [--clock wall|cpu] [--malloc default|tuned]``
 
 The standard gym-mujoco setting (DESIGN.md, "usual gym-mujoco settings"): 3×256 MLPs for the
 actor and both critics, batch 256, N = 10 sampled actions per group (3N = 30 pushed down per
@@ -99,7 +99,7 @@ __all__ = [
     "tune_glibc_malloc",
 ]
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "bf16-td32"]
 StepFn = Callable[[], object]
 
 CASES: dict[str, tuple[int, int]] = {"hopper": (11, 3), "halfcheetah": (17, 6)}
@@ -211,7 +211,11 @@ def cql_update_flops(
 # The machine's rate
 # ----------------------------------------------------------------------------------------
 
-_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bf16-td32": torch.bfloat16,
+}
 
 
 def _sync(device: torch.device) -> None:

@@ -32,8 +32,10 @@ def main(root: str, out: str) -> None:
         f"{root} {out}",
         "datasets": {},
     }
+    if Path(out).exists():  # datasets measured in an earlier sitting, whose folders are gone
+        table["datasets"] = json.loads(Path(out).read_text())["datasets"]
     for folder in sorted(Path(root).iterdir()):
-        if not folder.is_dir():
+        if not folder.is_dir() or not find_runs(folder):
             continue
         runs = find_runs(folder)
         by = {(r.label, r.seed): r for r in runs if r.score is not None}

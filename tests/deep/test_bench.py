@@ -181,6 +181,28 @@ def test_bf16_update_keeps_float32_master_weights_and_finite_losses() -> None:
     torch.testing.assert_close(q_bf16, q_fp32, rtol=0.05, atol=0.05)
 
 
+def test_bf16_td32_computes_the_td_error_in_float32_and_the_rest_in_bf16() -> None:
+    agent, _ = make_cql_update(4, 2, TINY, seed=1)
+    batch = make_batches(4, 2, TINY.batch_size, 1, seed=9)[0]
+    draws = agent._draw(TINY.batch_size, torch.float32)
+    seen = {}
+    for precision in ("fp32", "bf16", "bf16-td32"):
+        agent.config = dataclasses.replace(agent.config, precision=precision)
+        with torch.no_grad():
+            _, seen[precision] = agent._losses(batch, draws, False)
+    fp32, bf16, td32 = seen["fp32"], seen["bf16"], seen["bf16-td32"]
+    for key in ("misc/q_data", "misc/q_target"):  # the TD error's two values: float32
+        assert torch.equal(td32[key], fp32[key]) and not torch.equal(bf16[key], fp32[key]), key
+    for key in ("loss/q1", "loss/q2"):  # reduced in the bf16 region: equal to the last bit
+        torch.testing.assert_close(td32[key], fp32[key], rtol=1e-6, atol=0)
+        assert abs(bf16[key] / fp32[key] - 1) > 1e-6, key
+    # The actor's Q and the conservative term's sampled actions stay in bf16.
+    assert not torch.equal(td32["misc/q_policy"], fp32["misc/q_policy"])
+    assert torch.equal(td32["misc/q_policy"], bf16["misc/q_policy"])
+    with pytest.raises(ValueError, match="'bf16-td32'"):
+        make_cql_update(4, 2, TINY, precision="fp16")  # type: ignore[arg-type]
+
+
 def test_batches_are_drawn_on_the_device_with_the_documented_law() -> None:
     batches = make_batches(3, 2, 4096, 2, device="cpu", seed=0)
     assert len(batches) == 2 and not torch.equal(batches[0].observations, batches[1].observations)
