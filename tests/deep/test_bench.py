@@ -8,13 +8,14 @@ import dataclasses
 import json
 import math
 import sys
+import warnings
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from deep import bench
-from deep.algos import CQLConfig
+from deep.algos import CQLConfig, sac
 from deep.bench import (
     BenchSetting,
     HostReadDetector,
@@ -315,3 +316,19 @@ def test_bad_options_end_in_one_line(capsys: pytest.CaptureFixture[str]) -> None
     assert bench.main(["--steps", "0"]) == 2
     err = capsys.readouterr().err
     assert "must be >= 1" in err and "Traceback" not in err
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sac, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="without native bfloat16 matmuls"):
+        make_cql_update(4, 2, TINY, precision="bf16-td32")
+    monkeypatch.setattr(sac, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_cql_update(4, 2, TINY, precision="bf16")
+    monkeypatch.setattr(sac, "cpu_has_native_bf16", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_cql_update(4, 2, TINY)  # fp32: nothing to say
