@@ -107,7 +107,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -429,12 +429,7 @@ def train_d3rlpy(
 
         env_id = envs.resolve_env_id(dataset.env_id or dataset.name)
         first = eval_seed(seed, p.steps)
-
-        def policy(obs: np.ndarray) -> np.ndarray:
-            action: np.ndarray = algo.predict(obs)
-            return action
-
-        result = envs.evaluate(policy, env_id, p.final_episodes, first, agent.gamma)
+        result = envs.evaluate(_d3rlpy_policy(algo), env_id, p.final_episodes, first, agent.gamma)
         q = _d3rlpy_q(algo, result.start_observations)
         folder.mkdir(parents=True, exist_ok=True)
         algo.save(str(folder / "model.d3"))
@@ -516,7 +511,7 @@ def train_d3rlpy_timed(
     try:
         d3rlpy.seed(seed)
         algo = config.create(device="cpu:0")
-        budget, seconds, step = 60.0 * minutes, 0.0, 0
+        budget, seconds = 60.0 * minutes, 0.0
         fitter = algo.fitter(
             d3rlpy_dataset(dataset),
             n_steps=10**9,
@@ -530,13 +525,8 @@ def train_d3rlpy_timed(
         for epoch, _ in fitter:
             seconds += time.perf_counter() - tick
             step = epoch * eval_every
-
-            def policy(obs: np.ndarray) -> np.ndarray:
-                action: np.ndarray = algo.predict(obs)
-                return action
-
             result = envs.evaluate(
-                policy, env_id, eval_episodes, eval_seed(seed, step), agent.gamma
+                _d3rlpy_policy(algo), env_id, eval_episodes, eval_seed(seed, step), agent.gamma
             )
             q = _d3rlpy_q(algo, result.start_observations)
             point = {"step": step, "train_seconds": seconds}
@@ -549,6 +539,16 @@ def train_d3rlpy_timed(
     finally:
         torch.set_num_threads(threads)
     return record
+
+
+def _d3rlpy_policy(algo: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """d3rlpy's deterministic policy (``algo.predict``) as :func:`deep.envs.evaluate` takes it."""
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        action: np.ndarray = algo.predict(obs)
+        return action
+
+    return policy
 
 
 @torch.no_grad()
