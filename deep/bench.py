@@ -122,7 +122,8 @@ SETTINGS: dict[str, BenchSetting] = {
     "fast": BenchSetting(get_algorithm("cql-fast").default_config()),
 }
 """Named settings: ``standard`` is the gym-mujoco CQL of the paper (N = 10, importance
-sampling), ``fast`` the ``cql-fast`` preset (N = 1, CQL(ρ) with the data action). The peer is
+sampling), ``fast`` the ``cql-fast`` preset (N = 1, CQL(ρ) with the data action, the
+mean-action backup). The peer is
 always timed at ``standard``."""
 
 

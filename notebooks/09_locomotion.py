@@ -91,7 +91,7 @@ assert scores["medium-replay"].min() < scores["medium"].min()
 # The same entry point as `python -m deep.train` (`deep.train.run`), the standard gym-mujoco
 # settings (3×256 networks, γ = 0.99), and `cql-fast`: CQL with one sampled action per group
 # and the data's own action inside the soft maximum, about five times cheaper per update than
-# the paper's ten. A notebook can afford a couple of thousand updates per agent, 0.2% of
+# the paper's ten, and the TD target read at the policy's mean action. A notebook can afford a couple of thousand updates per agent, 0.2% of
 # D4RL's million; the long runs are read from files further down.
 
 # %%
@@ -145,8 +145,8 @@ assert not np.isfinite(q["BC"])  # BC has no critic
 # ## Longer runs, read from committed results
 #
 # The runs below were made with the command stored in the file (`bash
-# docs/results/campaign-300k.sh`): BC and `cql-fast` on hopper-medium-replay and
-# walker2d-medium, evaluated every 20,000 updates on 10 episodes. The file holds metrics only
+# docs/results/campaign-300k.sh`): BC and `cql-fast` (with the sampled backup) on
+# hopper-medium-replay and walker2d-medium, evaluated every 20,000 updates on 10 episodes. The file holds metrics only
 # (no checkpoints); rerunning the command regenerates it.
 
 # %%

@@ -200,9 +200,14 @@ _BUILTIN: tuple[Algorithm[Any], ...] = (
         CQLConfig,
         CQL,
         discrete=False,
-        summary="CQL(ρ) with one sampled action per group (not ten) and Q(s, a_D) in the "
-        "log-sum-exp: a far cheaper update.",
-        preset={"cql_n_actions": 1, "cql_estimator": "rho", "cql_data_in_push_down": True},
+        summary="CQL(ρ) with one sampled action per group (not ten), Q(s, a_D) in the "
+        "log-sum-exp and the TD target at the policy's mean action: a far cheaper update.",
+        preset={
+            "cql_n_actions": 1,
+            "cql_estimator": "rho",
+            "cql_data_in_push_down": True,
+            "backup_action": "mean",
+        },
     ),
     Algorithm(
         "cal-ql",

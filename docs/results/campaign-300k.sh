@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Long locomotion runs: fast CQL (the cql-fast preset), then behaviour cloning, to 300k updates,
-# one sweep per core, each niced so that other work on the machine comes first. Running it
-# again continues it (finished trials are skipped, stopped ones resume from their checkpoint).
+# Long locomotion runs: fast CQL (the cql-fast preset, with the sampled backup its results
+# were measured with), then behaviour cloning, to 300k updates, one sweep per core, each
+# niced so that other work on the machine comes first. Running it again continues it (finished trials are skipped, stopped ones resume from their checkpoint).
 #
 #   bash docs/results/campaign-300k.sh [OUT]        # OUT defaults to runs/campaign-300k
 #
@@ -18,7 +18,7 @@ export OMP_NUM_THREADS=1
 run() {
   local dataset=$1
   nice -n 10 "$PY" -m deep.sweep --algos cql-fast bc --datasets "$dataset" --seeds $SEEDS \
-    --set steps="$STEPS" eval_every=20000 eval_episodes=10 \
+    --set steps="$STEPS" eval_every=20000 eval_episodes=10 'cql-fast:backup_action=sample' \
     --workers 1 --out "$OUT/$dataset" >> "$OUT/$dataset.log" 2>&1
 }
 mkdir -p "$OUT"

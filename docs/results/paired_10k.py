@@ -1,8 +1,13 @@
-"""The paired table of docs/results/paired-10k.sh: per dataset, cql-fast (sampled and
-mean-action backup) minus standard CQL, seed by seed, with mean, IQM and 95% bootstrap CIs
-(deep.stats, 10,000 resamples).
+"""Paired tables at 10,000 updates, per dataset, seed by seed, with mean, IQM and 95%
+bootstrap CIs (deep.stats, 10,000 resamples):
+
+- ``fast`` (docs/results/paired-10k.sh): cql-fast with the sampled and with the mean-action
+  backup, minus standard CQL, seeds 3-5;
+- ``precision`` (docs/results/precision-10k.sh): the cql-fast preset in bf16-td32 and in
+  bf16, minus the same in fp32, seeds 6-8.
 
     python docs/results/paired_10k.py runs/paired-10k docs/results/paired-10k.json
+    python docs/results/paired_10k.py runs/precision-10k docs/results/precision-10k.json precision
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,19 +23,46 @@ from deep import stats
 from deep.report import find_runs
 from deep.runlog import write_json
 
-STANDARD = "cql"
-FAST = {"sample": "cql-fast backup_action=sample", "mean": "cql-fast backup_action=mean"}
+
+class Comparison(NamedTuple):
+    script: str
+    seeds: str
+    baseline: str
+    variants: dict[str, str]
+    key: str
+    """The JSON key of a variant's paired differences, from its short name."""
+
+
+COMPARISONS = {
+    "fast": Comparison(
+        "paired-10k.sh",
+        "3-5",
+        "cql",
+        {"sample": "cql-fast backup_action=sample", "mean": "cql-fast backup_action=mean"},
+        "fast_{}_minus_standard",
+    ),
+    "precision": Comparison(
+        "precision-10k.sh",
+        "6-8",
+        "cql-fast precision=fp32",
+        {"bf16-td32": "cql-fast precision=bf16-td32", "bf16": "cql-fast precision=bf16"},
+        "{}_minus_fp32",
+    ),
+}
 
 
 def interval(x: np.ndarray, statistic: stats.Statistic) -> dict[str, float]:
     return stats.interval_estimate(x, statistic, 0, reps=10_000).to_dict()
 
 
-def main(root: str, out: str) -> None:
+def main(root: str, out: str, mode: str = "fast") -> None:
+    if mode not in COMPARISONS:
+        raise SystemExit(f"the comparison must be one of {sorted(COMPARISONS)}, got {mode!r}")
+    c = COMPARISONS[mode]
     table: dict[str, object] = {
-        "what": "normalised score after 10,000 updates, 10 evaluation episodes, seeds 3-5",
-        "command": "bash docs/results/paired-10k.sh; python docs/results/paired_10k.py "
-        f"{root} {out}",
+        "what": f"normalised score after 10,000 updates, 10 evaluation episodes, seeds {c.seeds}",
+        "command": f"bash docs/results/{c.script}; python docs/results/paired_10k.py "
+        f"{root} {out}" + ("" if mode == "fast" else f" {mode}"),
         "datasets": {},
     }
     if Path(out).exists():  # datasets measured in an earlier sitting, whose folders are gone
@@ -44,22 +77,25 @@ def main(root: str, out: str) -> None:
             "seeds": seeds,
             "eval_episodes": sorted({r.eval_episodes for r in runs}),
             "scores": {
-                label: [by[(label, s)].score for s in seeds if (label, s) in by]
-                for label in (STANDARD, *FAST.values())
+                label: {str(s): by[(label, s)].score for s in seeds if (label, s) in by}
+                for label in (c.baseline, *c.variants.values())
             },
             "q_minus_mc": {
-                label: [by[(label, s)].q_minus_mc for s in seeds if (label, s) in by]
-                for label in (STANDARD, *FAST.values())
+                label: {str(s): by[(label, s)].q_minus_mc for s in seeds if (label, s) in by}
+                for label in (c.baseline, *c.variants.values())
             },
         }
-        for backup, label in FAST.items():
-            common = [s for s in seeds if (label, s) in by and (STANDARD, s) in by]
-            d = np.array([by[(label, s)].score - by[(STANDARD, s)].score for s in common])
-            entry[f"fast_{backup}_minus_standard"] = {
+        for name, label in c.variants.items():
+            common = [s for s in seeds if (label, s) in by and (c.baseline, s) in by]
+            if not common:
+                continue
+            d = np.array([by[(label, s)].score - by[(c.baseline, s)].score for s in common])
+            entry[c.key.format(name)] = {
+                "seeds": common,
                 "differences": d.tolist(),
                 "mean": interval(d, stats.mean_statistic),
                 "iqm": interval(d, stats.iqm_statistic),
-                "fast_ahead": int((d > 0).sum()),
+                "ahead": int((d > 0).sum()),
             }
         table["datasets"][folder.name] = entry  # type: ignore[index]
     write_json(Path(out), table)
@@ -67,4 +103,4 @@ def main(root: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])
