@@ -17,6 +17,8 @@ budget per seed, and plots score against training time next to the JSON.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -115,8 +117,39 @@ def _rows(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
 
 
+def machine() -> str:
+    """This machine, as the rates depend on it: cores, vector units, native bf16, versions."""
+    import gymnasium
+    import mujoco
+    import torch
+
+    from deep.algos.sac import cpu_has_native_bf16
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {isa}, {bf16}; torch {torch.__version__}, "
+        f"mujoco {mujoco.__version__}, gymnasium {gymnasium.__version__}"
+    )
+
+
 def collect(out: Path, target: Path, minutes: float = 60.0) -> None:
+    """The curves under ``out``, merged with the seeds of an existing ``target`` whose folders
+    are gone (an earlier sitting's); each new seed is tagged with this machine, so collect
+    where the runs trained."""
     found = curves(out)
+    earlier = json.loads(target.read_text())["sides"] if target.exists() else {}
+    here = machine()
+    machines: dict[str, dict[str, str]] = {}
+    for side, by_seed in found.items():
+        old = earlier.get(side, {})
+        machines[side] = {str(s): here for s in by_seed}
+        for seed, curve in old.get("curves", {}).items():
+            if int(seed) not in by_seed:
+                by_seed[int(seed)] = curve
+                machines[side][seed] = old.get("machines", {}).get(seed, "not recorded")
+        found[side] = dict(sorted(by_seed.items()))
     sides: dict[str, Any] = {}
     for side, by_seed in found.items():
         if not by_seed:
@@ -135,6 +168,7 @@ def collect(out: Path, target: Path, minutes: float = 60.0) -> None:
             "mean_ci": stats.interval_estimate(final, stats.mean, 0, reps=10_000).to_dict()
             if final.size > 1
             else None,
+            "machines": machines[side],
             "curves": {str(s): c for s, c in by_seed.items()},
         }
     write_json(
