@@ -165,7 +165,12 @@ def collect(out: Path, target: Path, minutes: float = 60.0) -> None:
             "final_updates": [c[-1]["step"] for c in within.values()],
             "updates_per_second": [c[-1]["step"] / c[-1]["train_seconds"] for c in within.values()],
             "mean": float(final.mean()),
-            "mean_ci": stats.interval_estimate(final, stats.mean, 0, reps=10_000).to_dict()
+            "mean_ci": stats.interval_estimate(
+                final, stats.mean_statistic, 0, reps=10_000
+            ).to_dict()
+            if final.size > 1
+            else None,
+            "iqm_ci": stats.interval_estimate(final, stats.iqm_statistic, 0, reps=10_000).to_dict()
             if final.size > 1
             else None,
             "machines": machines[side],
@@ -194,14 +199,15 @@ def plot(sides: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for (side, data), colour in zip(sides.items(), ("C0", "C1"), strict=False):
         label = {"ours": "ours, cql-fast (mean backup)", "d3rlpy": "d3rlpy CQL, N = 10"}[side]
-        for i, curve in enumerate(data["curves"].values()):
+        for i, (seed, curve) in enumerate(data["curves"].items()):
             t = [p["train_seconds"] / 60 for p in curve]
             ax.plot(
                 t,
                 [p["normalized_score"] for p in curve],
                 colour,
+                linestyle=("-", "--", ":", "-.")[i % 4],
                 alpha=0.8,
-                label=label if i == 0 else None,
+                label=f"{label}, seed {seed}",
             )
     ax.set_xlabel("training time on one core (minutes)")
     ax.set_ylabel("normalised score (hopper-medium)")
