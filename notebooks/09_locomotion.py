@@ -91,8 +91,9 @@ assert scores["medium-replay"].min() < scores["medium"].min()
 # The same entry point as `python -m deep.train` (`deep.train.run`), the standard gym-mujoco
 # settings (3×256 networks, γ = 0.99), and `cql-fast`: CQL with one sampled action per group
 # and the data's own action inside the soft maximum, about five times cheaper per update than
-# the paper's ten, and the TD target read at the policy's mean action. A notebook can afford a couple of thousand updates per agent, 0.2% of
-# D4RL's million; the long runs are read from files further down.
+# the paper's ten, and the TD target read at the policy's mean action. A notebook can afford
+# a couple of thousand updates per agent, 0.2% of D4RL's million; the long runs are read from
+# files further down.
 
 # %%
 STEPS = 2_000

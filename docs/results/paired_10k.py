@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from deep import stats
-from deep.report import find_runs
+from deep.report import Run, find_runs
 from deep.runlog import write_json
 
 
@@ -67,10 +67,10 @@ def main(root: str, out: str, mode: str = "fast") -> None:
     }
     if Path(out).exists():  # datasets measured in an earlier sitting, whose folders are gone
         table["datasets"] = json.loads(Path(out).read_text())["datasets"]
-    for folder in sorted(Path(root).iterdir()):
-        if not folder.is_dir() or not find_runs(folder):
-            continue
-        runs = find_runs(folder)
+    by_dataset: dict[str, list[Run]] = {}
+    for run in find_runs(root):  # a dataset's runs may sit in several sweep folders
+        by_dataset.setdefault(run.dataset, []).append(run)
+    for dataset, runs in sorted(by_dataset.items()):
         by = {(r.label, r.seed): r for r in runs if r.score is not None}
         seeds = sorted({s for _, s in by})
         entry: dict[str, object] = {
@@ -97,7 +97,7 @@ def main(root: str, out: str, mode: str = "fast") -> None:
                 "iqm": interval(d, stats.iqm_statistic),
                 "ahead": int((d > 0).sum()),
             }
-        table["datasets"][folder.name] = entry  # type: ignore[index]
+        table["datasets"][dataset] = entry  # type: ignore[index]
     write_json(Path(out), table)
     print(json.dumps(table, indent=1))
 

@@ -2,10 +2,10 @@
 # bf16 against fp32, paired by seed, at 10,000 updates: the cql-fast preset in fp32, in
 # bf16-td32 (bf16 autocast but for the TD error's two critic evaluations) and in bf16, on
 # hopper-medium-replay, hopper-medium and halfcheetah-medium, seeds 6-8 (fresh: no setting was
-# chosen on them), evaluated at the end on 10 episodes. One sweep per dataset, two at a time
-# (one per core), each niced; within a dataset fp32 runs first, then bf16-td32, then bf16.
-# bf16 pays only on a CPU with native bf16 (the agent warns otherwise). Running it again
-# continues it.
+# chosen on them), evaluated at the end on 10 episodes. Four sweeps (halfcheetah-medium split
+# by seed so that the last one does not hold one core alone), two at a time (one per core),
+# each niced; within a sweep fp32 runs first, then bf16-td32, then bf16. bf16 pays only on a
+# CPU with native bf16 (the agent warns otherwise). Running it again continues it.
 #
 #   bash docs/results/precision-10k.sh [OUT]        # OUT defaults to runs/precision-10k
 #
@@ -16,8 +16,11 @@ OUT=${1:-runs/precision-10k}
 export PY=${PY:-.venv/bin/python}
 export OUT OMP_NUM_THREADS=1
 mkdir -p "$OUT"
-printf '%s\n' hopper-medium-replay hopper-medium halfcheetah-medium | xargs -P 2 -I{} \
-  bash -c 'nice -n 10 "$PY" -m deep.sweep --algos cql-fast --datasets "$1" --seeds 6 7 8 \
-    --set steps=10000 eval_every=10000 eval_episodes=10 \
-    --grid "cql-fast:precision=[\"fp32\",\"bf16-td32\",\"bf16\"]" \
-    --workers 1 --out "$OUT/$1" >> "$OUT/$1.log" 2>&1' _ {}
+# Each line: sweep folder, dataset, seeds.
+printf '%s\n' "hopper-medium-replay hopper-medium-replay 6 7 8" "hopper-medium hopper-medium 6 7 8" \
+  "halfcheetah-medium-a halfcheetah-medium 6 7" "halfcheetah-medium-b halfcheetah-medium 8" |
+  xargs -P 2 -L 1 bash -c 'name=$1 dataset=$2; shift 2
+    nice -n 10 "$PY" -m deep.sweep --algos cql-fast --datasets "$dataset" --seeds "$@" \
+      --set steps=10000 eval_every=10000 eval_episodes=10 \
+      --grid "cql-fast:precision=[\"fp32\",\"bf16-td32\",\"bf16\"]" \
+      --workers 1 --out "$OUT/$name" >> "$OUT/$name.log" 2>&1' _
