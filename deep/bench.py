@@ -123,8 +123,7 @@ SETTINGS: dict[str, BenchSetting] = {
 }
 """Named settings: ``standard`` is the gym-mujoco CQL of the paper (N = 10, importance
 sampling), ``fast`` the ``cql-fast`` preset (N = 1, CQL(ρ) with the data action, the
-mean-action backup). The peer is
-always timed at ``standard``."""
+mean-action backup). The peer is always timed at ``standard``."""
 
 
 # ----------------------------------------------------------------------------------------
