@@ -62,7 +62,7 @@ def main(root: str, out: str, mode: str = "fast") -> None:
     table: dict[str, object] = {
         "what": f"normalised score after 10,000 updates, 10 evaluation episodes, seeds {c.seeds}",
         "command": f"bash docs/results/{c.script}; python docs/results/paired_10k.py "
-        f"{root} {out}" + ("" if mode == "fast" else f" {mode}"),
+        f"{root} {out} {mode}",
         "datasets": {},
     }
     if Path(out).exists():  # datasets measured in an earlier sitting, whose folders are gone
