@@ -145,14 +145,15 @@ assert not np.isfinite(q["BC"])  # BC has no critic
 # %% [markdown]
 # ## Longer runs, read from committed results
 #
-# The runs below were made with the command stored in the file (`bash
-# docs/results/campaign-300k.sh`): BC and `cql-fast` (with the sampled backup) on
-# hopper-medium-replay and walker2d-medium, evaluated every 20,000 updates on 10 episodes. The file holds metrics only
-# (no checkpoints); rerunning the command regenerates it.
+# The runs below were made with the commands stored in the file, one per dataset (`bash
+# docs/results/campaign-300k.sh OUT PAIR`; the script's header says what each pair runs):
+# `cql-fast` and BC to 300k updates, evaluated every 20,000 updates on 10 episodes. The file
+# holds metrics only (no checkpoints); rerunning a command regenerates its datasets' curves.
 
 # %%
 record = json.loads((Path("..") / "docs" / "results" / "campaign-300k.json").read_text())
-print(record["command"])
+for dataset, command in record["commands"].items():
+    print(f"{dataset:22s} {command}")
 fig, axes = plt.subplots(1, len(record["datasets"]), figsize=(10, 3.6), squeeze=False)
 for ax, (dataset, runs) in zip(axes[0], record["datasets"].items(), strict=True):
     for trial, curve in runs.items():

@@ -1,22 +1,26 @@
 """Collect the evaluation curves of a campaign's sweeps into one JSON file (metrics only).
 
-    python docs/results/collect_curves.py runs/campaign-300k docs/results/campaign-300k.json
+    python docs/results/collect_curves.py runs/campaign-300k docs/results/campaign-300k.json PAIR
 
 Reads every trial folder ``<campaign>/<dataset>/<trial>/metrics.csv`` (the evaluation rows:
 step, normalised score, the critic's Q(s0, pi(s0)) and the Monte-Carlo return) and writes
-``{"command", "datasets": {dataset: {trial: [rows]}}}``, with how far each trial got.
+``{"commands": {dataset: command}, "datasets": {dataset: {trial: [rows]}}}``, with how far
+each trial got. PAIR is the ``campaign-300k.sh`` pair the runs came from; it goes into each
+collected dataset's command. Datasets already in the target and not in the campaign folder
+are kept, so pairs run in different sittings end up in one file.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
 from pathlib import Path
 
 from deep.runlog import write_json
 
-COMMAND = "bash docs/results/campaign-300k.sh"
+SCRIPT = "bash docs/results/campaign-300k.sh"
 
 
 def _number(text: str) -> float | None:
@@ -50,12 +54,19 @@ def curves(campaign: Path) -> dict[str, dict[str, list[dict[str, float | None]]]
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
+    if len(argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2
-    campaign, target = Path(argv[0]), Path(argv[1])
-    write_json(target, {"command": COMMAND, "datasets": curves(campaign)})
-    print(f"wrote {target}")
+    campaign, target, pair = Path(argv[0]), Path(argv[1]), argv[2]
+    record = {"commands": {}, "datasets": {}}
+    if target.exists():
+        record = json.loads(target.read_text())
+    new = curves(campaign)
+    for dataset, runs in new.items():
+        record["commands"][dataset] = f"{SCRIPT} {campaign} {pair}"
+        record["datasets"][dataset] = runs
+    write_json(target, record)
+    print(f"wrote {target}: {', '.join(new)} from {campaign}")
     return 0
 
 
