@@ -21,6 +21,14 @@ from pathlib import Path
 from deep.runlog import write_json
 
 SCRIPT = "bash docs/results/campaign-300k.sh"
+SCORE_AT = (20_000, 100_000, 200_000, 300_000)
+GAP_AT = (20_000, 200_000, 300_000)
+CORL_CQL_1M = {  # CORL's CQL after 1M updates (D4RL v2 datasets), for the table's last column
+    "hopper-medium-replay": 95.1,
+    "hopper-medium": 59.1,
+    "halfcheetah-medium": 47.0,
+    "walker2d-medium": 80.8,
+}
 
 
 def _number(text: str) -> float | None:
@@ -53,6 +61,37 @@ def curves(campaign: Path) -> dict[str, dict[str, list[dict[str, float | None]]]
     return out
 
 
+def _at(curve: list[dict[str, float | None]], step: int, value, digits: int) -> str:
+    row = next((r for r in curve if r["step"] == step), None)
+    x = None if row is None else value(row)
+    return "–" if x is None else f"{x:.{digits}f}".replace("-", "−")
+
+
+def _gap(row: dict[str, float | None]) -> float | None:
+    q, mc = row["q_estimate"], row["mc_return"]
+    return None if q is None or mc is None else q - mc
+
+
+def table(record: dict) -> str:
+    """The results page's table: score and Q - MC at fixed update counts, per trial."""
+    scores = " / ".join(f"{s // 1000}k" for s in SCORE_AT)
+    gaps = " / ".join(f"{s // 1000}k" for s in GAP_AT)
+    lines = [
+        f"| dataset | trial | score at {scores} updates | Q(s₀, π(s₀)) − MC at {gaps} "
+        "| CORL CQL, 1M |",
+        "|---|---|---|---|---|",
+    ]
+    for dataset, runs in record["datasets"].items():
+        for i, (trial, curve) in enumerate(sorted(runs.items(), reverse=True)):
+            score = " / ".join(_at(curve, s, lambda r: r["score"], 1) for s in SCORE_AT)
+            gap = " / ".join(_at(curve, s, _gap, 0) for s in GAP_AT)
+            if all(r["q_estimate"] is None for r in curve):
+                gap = "(no critic)"
+            corl = f"{CORL_CQL_1M[dataset]}" if i == 0 and dataset in CORL_CQL_1M else ""
+            lines.append(f"| {dataset if i == 0 else ''} | {trial} | {score} | {gap} | {corl} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
@@ -67,6 +106,7 @@ def main(argv: list[str]) -> int:
         record["datasets"][dataset] = runs
     write_json(target, record)
     print(f"wrote {target}: {', '.join(new)} from {campaign}")
+    print(table(record))
     return 0
 
 
