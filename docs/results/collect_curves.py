@@ -5,7 +5,7 @@
 Reads every trial folder ``<campaign>/<dataset>/<trial>/metrics.csv`` (the evaluation rows:
 step, normalised score, the critic's Q(s0, pi(s0)) and the Monte-Carlo return) and writes
 ``{"commands": {dataset: command}, "datasets": {dataset: {trial: [rows]}}}``, with how far
-each trial got. PAIR is the ``campaign-300k.sh`` pair the runs came from; it goes into each
+each trial got, and beside it a plot of the curves (``.png``). PAIR is the ``campaign-300k.sh`` pair the runs came from; it goes into each
 collected dataset's command. Datasets already in the target and not in the campaign folder
 are kept, so pairs run in different sittings end up in one file.
 """
@@ -92,6 +92,43 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(record: dict, path: Path) -> None:
+    """Score (top) and the critic's Q(s0, pi(s0)) - MC (bottom) against updates, a column per
+    dataset; CORL's 1M-update CQL score as a dotted line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(record["datasets"])
+    fig, axes = plt.subplots(
+        2, len(datasets), figsize=(3.2 * len(datasets), 5.4), squeeze=False, sharex=True
+    )
+    for col, dataset in enumerate(datasets):
+        top, bottom = axes[0][col], axes[1][col]
+        for trial, curve in sorted(record["datasets"][dataset].items(), reverse=True):
+            algo, _, seed = trial.partition(f"-{dataset}-")
+            algo = algo if seed == "seed0" else f"{algo} {seed}"
+            steps = [r["step"] / 1000 for r in curve]
+            top.plot(steps, [r["score"] for r in curve], marker=".", label=algo)
+            gaps = [_gap(r) for r in curve]
+            if any(g is not None for g in gaps):
+                bottom.plot(steps, gaps, marker=".", label=algo)
+        if dataset in CORL_CQL_1M:
+            top.axhline(CORL_CQL_1M[dataset], color="grey", linestyle=":", label="CORL CQL, 1M")
+        bottom.axhline(0, color="grey", linewidth=0.8)
+        top.set_title(dataset, fontsize=9)
+        bottom.set_xlabel("updates (thousands)")
+        top.grid(alpha=0.3)
+        bottom.grid(alpha=0.3)
+    axes[0][0].set_ylabel("normalised score")
+    axes[1][0].set_ylabel("Q(s₀, π(s₀)) − MC return")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
@@ -106,6 +143,8 @@ def main(argv: list[str]) -> int:
         record["datasets"][dataset] = runs
     write_json(target, record)
     print(f"wrote {target}: {', '.join(new)} from {campaign}")
+    plot(record, target.with_suffix(".png"))
+    print(f"wrote {target.with_suffix('.png')}")
     print(table(record))
     return 0
 
