@@ -4,7 +4,8 @@
 
 Reads every trial folder ``<campaign>/<dataset>/<trial>/metrics.csv`` (the evaluation rows:
 step, normalised score, the critic's Q(s0, pi(s0)) and the Monte-Carlo return) and writes
-``{"commands": {dataset: command}, "datasets": {dataset: {trial: [rows]}}}``, with how far
+``{"commands": {dataset: command}, "settings": {dataset: {trial: "fp32, mean backup"}},
+"datasets": {dataset: {trial: [rows]}}}``, with how far
 each trial got, and beside it a plot of the curves (``.png``). PAIR is the ``campaign-300k.sh`` pair the runs came from; it goes into each
 collected dataset's command. Datasets already in the target and not in the campaign folder
 are kept, so pairs run in different sittings end up in one file.
@@ -77,7 +78,7 @@ def table(record: dict) -> str:
     scores = " / ".join(f"{s // 1000}k" for s in SCORE_AT)
     gaps = " / ".join(f"{s // 1000}k" for s in GAP_AT)
     lines = [
-        f"| dataset | trial | score at {scores} updates | Q(s₀, π(s₀)) − MC at {gaps} "
+        f"| dataset | algorithm | score at {scores} updates | Q(s₀, π(s₀)) − MC at {gaps} "
         "| CORL CQL, 1M |",
         "|---|---|---|---|---|",
     ]
@@ -88,7 +89,9 @@ def table(record: dict) -> str:
             if all(r["q_estimate"] is None for r in curve):
                 gap = "(no critic)"
             corl = f"{CORL_CQL_1M[dataset]}" if i == 0 and dataset in CORL_CQL_1M else ""
-            lines.append(f"| {dataset if i == 0 else ''} | {trial} | {score} | {gap} | {corl} |")
+            algo, _, seed = trial.partition(f"-{dataset}-")
+            name = f"{algo} ({record['settings'][dataset][trial]}, {seed.replace('seed', 'seed ')})"
+            lines.append(f"| {dataset if i == 0 else ''} | {name} | {score} | {gap} | {corl} |")
     return "\n".join(lines)
 
 
@@ -129,17 +132,31 @@ def plot(record: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def settings(campaign: Path) -> dict[str, dict[str, str]]:
+    """Per dataset and trial, the settings the table names: precision and, for a critic,
+    the backup action (from each trial's ``config.json``)."""
+    out: dict[str, dict[str, str]] = {}
+    for config in sorted(campaign.glob("*/*/config.json")):
+        agent = json.loads(config.read_text())["agent"]
+        words = [agent["precision"]]
+        if "backup_action" in agent:
+            words.append(f"{agent['backup_action']} backup")
+        out.setdefault(config.parent.parent.name, {})[config.parent.name] = ", ".join(words)
+    return out
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2
     campaign, target, pair = Path(argv[0]), Path(argv[1]), argv[2]
-    record = {"commands": {}, "datasets": {}}
+    record = {"commands": {}, "settings": {}, "datasets": {}}
     if target.exists():
         record = json.loads(target.read_text())
-    new = curves(campaign)
+    new, named = curves(campaign), settings(campaign)
     for dataset, runs in new.items():
         record["commands"][dataset] = f"{SCRIPT} {campaign} {pair}"
+        record["settings"][dataset] = {trial: named[dataset][trial] for trial in runs}
         record["datasets"][dataset] = runs
     write_json(target, record)
     print(f"wrote {target}: {', '.join(new)} from {campaign}")
