@@ -138,7 +138,7 @@ def settings(campaign: Path) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for config in sorted(campaign.glob("*/*/config.json")):
         agent = json.loads(config.read_text())["agent"]
-        words = [agent["precision"]]
+        words = [agent.get("precision", "fp32")]  # BC has no precision option: fp32
         if "backup_action" in agent:
             words.append(f"{agent['backup_action']} backup")
         out.setdefault(config.parent.parent.name, {})[config.parent.name] = ", ".join(words)
