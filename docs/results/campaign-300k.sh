@@ -10,12 +10,12 @@
 #     sampled backup (the preset before it took the mean action), fp32; then BC.
 #   medium: hopper-medium and halfcheetah-medium; the cql-fast preset (mean-action backup)
 #     in bf16, so that 300k updates fit in one 3-hour sitting; then BC (fp32).
-# Naive offline SAC is not run here: on these datasets its Q reaches 1e5 (hopper-medium) and
-# 5e2 (halfcheetah-medium) within 10k updates (docs/results.md, "Locomotion").
+# Naive offline SAC is not run here: on these datasets its Q reaches 4e5 (hopper-medium) and
+# 5e2 above the return (halfcheetah-medium) within 10k updates (docs/results.md, "Locomotion").
 #
 # Each dataset's sweep writes OUT/<dataset>/ (trial folders, sweep.jsonl, the report);
 # docs/results/campaign-300k.json is made from them by
-#   python docs/results/collect_curves.py OUT docs/results/campaign-300k.json
+#   python docs/results/collect_curves.py OUT docs/results/campaign-300k.json PAIR
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/campaign-300k}

@@ -5,10 +5,10 @@
 Reads every trial folder ``<campaign>/<dataset>/<trial>/metrics.csv`` (the evaluation rows:
 step, normalised score, the critic's Q(s0, pi(s0)) and the Monte-Carlo return) and writes
 ``{"commands": {dataset: command}, "settings": {dataset: {trial: "fp32, mean backup"}},
-"datasets": {dataset: {trial: [rows]}}}``, with how far
-each trial got, and beside it a plot of the curves (``.png``). PAIR is the ``campaign-300k.sh`` pair the runs came from; it goes into each
-collected dataset's command. Datasets already in the target and not in the campaign folder
-are kept, so pairs run in different sittings end up in one file.
+"datasets": {dataset: {trial: [rows]}}}``, with how far each trial got, and beside it a plot
+of the curves (``.png``). PAIR is the ``campaign-300k.sh`` pair the runs came from; it goes
+into each collected dataset's command. Datasets already in the target and not in the
+campaign folder are kept, so pairs run in different sittings end up in one file.
 """
 
 from __future__ import annotations
@@ -62,6 +62,12 @@ def curves(campaign: Path) -> dict[str, dict[str, list[dict[str, float | None]]]
     return out
 
 
+def _name(dataset: str, trial: str) -> tuple[str, str]:
+    """``cql-fast-hopper-medium-seed0`` of ``hopper-medium`` -> (``cql-fast``, ``seed 0``)."""
+    algo, _, seed = trial.partition(f"-{dataset}-")
+    return algo, seed.replace("seed", "seed ")
+
+
 def _at(curve: list[dict[str, float | None]], step: int, value, digits: int) -> str:
     row = next((r for r in curve if r["step"] == step), None)
     x = None if row is None else value(row)
@@ -89,8 +95,8 @@ def table(record: dict) -> str:
             if all(r["q_estimate"] is None for r in curve):
                 gap = "(no critic)"
             corl = f"{CORL_CQL_1M[dataset]}" if i == 0 and dataset in CORL_CQL_1M else ""
-            algo, _, seed = trial.partition(f"-{dataset}-")
-            name = f"{algo} ({record['settings'][dataset][trial]}, {seed.replace('seed', 'seed ')})"
+            algo, seed = _name(dataset, trial)
+            name = f"{algo} ({record['settings'][dataset][trial]}, {seed})"
             lines.append(f"| {dataset if i == 0 else ''} | {name} | {score} | {gap} | {corl} |")
     return "\n".join(lines)
 
@@ -110,8 +116,8 @@ def plot(record: dict, path: Path) -> None:
     for col, dataset in enumerate(datasets):
         top, bottom = axes[0][col], axes[1][col]
         for trial, curve in sorted(record["datasets"][dataset].items(), reverse=True):
-            algo, _, seed = trial.partition(f"-{dataset}-")
-            algo = algo if seed == "seed0" else f"{algo} {seed}"
+            algo, seed = _name(dataset, trial)
+            algo = algo if seed == "seed 0" else f"{algo} {seed}"
             steps = [r["step"] / 1000 for r in curve]
             top.plot(steps, [r["score"] for r in curve], marker=".", label=algo)
             gaps = [_gap(r) for r in curve]
