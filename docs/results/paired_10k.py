@@ -1,13 +1,16 @@
-"""Paired tables at 10,000 updates, per dataset, seed by seed, with mean, IQM and 95%
-bootstrap CIs (deep.stats, 10,000 resamples):
+"""Paired tables, per dataset, seed by seed, with mean, IQM and 95% bootstrap CIs
+(deep.stats, 10,000 resamples):
 
 - ``fast`` (docs/results/paired-10k.sh): cql-fast with the sampled and with the mean-action
-  backup, minus standard CQL, seeds 3-5;
+  backup, minus standard CQL, seeds 3-5, 10,000 updates;
 - ``precision`` (docs/results/precision-10k.sh): the cql-fast preset in bf16-td32 and in
-  bf16, minus the same in fp32, seeds 6-8.
+  bf16, minus the same in fp32, seeds 6-8, 10,000 updates;
+- ``bc`` (docs/results/seeds-40k.sh): the cql-fast preset in bf16 minus BC, seeds 9-11,
+  40,000 updates.
 
     python docs/results/paired_10k.py runs/paired-10k docs/results/paired-10k.json
     python docs/results/paired_10k.py runs/precision-10k docs/results/precision-10k.json precision
+    python docs/results/paired_10k.py runs/seeds-40k docs/results/seeds-40k.json bc
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from deep.runlog import write_json
 class Comparison(NamedTuple):
     script: str
     seeds: str
+    steps: int
     baseline: str
     variants: dict[str, str]
     key: str
@@ -37,6 +41,7 @@ COMPARISONS = {
     "fast": Comparison(
         "paired-10k.sh",
         "3-5",
+        10_000,
         "cql",
         {"sample": "cql-fast backup_action=sample", "mean": "cql-fast backup_action=mean"},
         "fast_{}_minus_standard",
@@ -44,10 +49,12 @@ COMPARISONS = {
     "precision": Comparison(
         "precision-10k.sh",
         "6-8",
+        10_000,
         "cql-fast precision=fp32",
         {"bf16-td32": "cql-fast precision=bf16-td32", "bf16": "cql-fast precision=bf16"},
         "{}_minus_fp32",
     ),
+    "bc": Comparison("seeds-40k.sh", "9-11", 40_000, "bc", {"cql-fast": "cql-fast"}, "{}_minus_bc"),
 }
 
 
@@ -60,7 +67,8 @@ def main(root: str, out: str, mode: str = "fast") -> None:
         raise SystemExit(f"the comparison must be one of {sorted(COMPARISONS)}, got {mode!r}")
     c = COMPARISONS[mode]
     table: dict[str, object] = {
-        "what": f"normalised score after 10,000 updates, 10 evaluation episodes, seeds {c.seeds}",
+        "what": f"normalised score after {c.steps:,} updates, 10 evaluation episodes, "
+        f"seeds {c.seeds}",
         "command": f"bash docs/results/{c.script}; python docs/results/paired_10k.py "
         f"{root} {out} {mode}",
         "datasets": {},
