@@ -3,21 +3,8 @@ without losing the first, and the results page's table reads the right numbers."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location(
-        "collect_curves", ROOT / "docs" / "results" / "collect_curves.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _trial(folder: Path, agent: dict, rows: list[tuple[int, str, str, str]]) -> None:
@@ -28,8 +15,8 @@ def _trial(folder: Path, agent: dict, rows: list[tuple[int, str, str, str]]) -> 
     (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 
-def test_a_new_pair_joins_the_committed_curves(tmp_path: Path) -> None:
-    collect = _module()
+def test_a_new_pair_joins_the_committed_curves(tmp_path: Path, results_script) -> None:
+    collect = results_script("collect_curves")
     target = tmp_path / "campaign.json"
     first = tmp_path / "first" / "hopper-medium-replay"
     _trial(

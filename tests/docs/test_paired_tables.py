@@ -3,23 +3,10 @@ folders as deep.train writes them (summary.json), seed by seed."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location(
-        "paired_10k", ROOT / "docs" / "results" / "paired_10k.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(root: Path, algo: str, seed: int, score: float, q: float | None) -> None:
@@ -38,9 +25,9 @@ def _run(root: Path, algo: str, seed: int, score: float, q: float | None) -> Non
 
 
 def test_cql_minus_bc_is_paired_by_seed_and_keeps_earlier_datasets(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], results_script
 ) -> None:
-    paired = _module()
+    paired = results_script("paired_10k")
     out = tmp_path / "seeds.json"
     earlier = {"what": "x", "command": "y", "datasets": {"walker2d-medium": {"seeds": [9]}}}
     out.write_text(json.dumps(earlier))
@@ -68,6 +55,6 @@ def test_cql_minus_bc_is_paired_by_seed_and_keeps_earlier_datasets(
     assert -3.0 <= mean["low"] < mean["point"] < mean["high"] <= 10.0  # within the range
 
 
-def test_an_unknown_comparison_is_refused(tmp_path: Path) -> None:
+def test_an_unknown_comparison_is_refused(tmp_path: Path, results_script) -> None:
     with pytest.raises(SystemExit, match="must be one of"):
-        _module().main(str(tmp_path), str(tmp_path / "out.json"), "nope")
+        results_script("paired_10k").main(str(tmp_path), str(tmp_path / "out.json"), "nope")
